@@ -1,0 +1,3 @@
+from ttsd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,183 @@
+"""Settings: defaults, then the TOML file, then ``TTS_*`` environment, then flags.
+
+Every top-level setting ``name`` can be set as ``name = ...`` in the config file, as
+``TTS_NAME`` in the environment, and as ``--name`` on ``ttsd serve``. Engine settings
+live in a table named after the engine (``[piper]``, ``[chatterbox]``, ``[tone]``).
+A bad value raises :class:`ConfigError` with one line naming the setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from ttsd.engines import ENGINE_NAMES
+
+
+class ConfigError(Exception):
+    """A setting has a bad value; the message names the setting and where it came from."""
+
+
+def _xdg(name: str, fallback: str) -> Path:
+    value = os.environ.get(name)
+    return Path(value) if value else Path.home() / fallback
+
+
+def config_home() -> Path:
+    return _xdg("XDG_CONFIG_HOME", ".config") / "ttsd"
+
+
+def cache_home() -> Path:
+    return _xdg("XDG_CACHE_HOME", ".cache") / "ttsd"
+
+
+@dataclasses.dataclass
+class Config:
+    """All daemon settings. Field docs are the user-facing descriptions."""
+
+    host: str = "127.0.0.1"
+    """Address to bind when not socket-activated."""
+    port: int = 11500
+    """TCP port of the WebSocket API."""
+    engine: str = "auto"
+    """``auto``, ``piper``, ``chatterbox`` or ``tone`` (a test tone, not speech)."""
+    voice: str = ""
+    """Default voice of the engine (empty: the engine's own default)."""
+    voices_dir: str = ""
+    """Directory of voices (empty: ``$XDG_CONFIG_HOME/ttsd/voices``)."""
+    sink: str = ""
+    """PulseAudio sink to play on (empty: the default sink)."""
+    media_role: str = "a11y"
+    """PulseAudio ``media.role`` of the stream, used by the desktop to duck or route it."""
+    volume: float = 1.0
+    """Default playback volume of a job, 0.0-1.0."""
+    latency_ms: int = 100
+    """Target buffer of the playback stream; smaller aborts faster but may underrun."""
+    chunk_chars: int = 300
+    """Longest text chunk handed to the engine at once."""
+    first_chunk_chars: int = 120
+    """Longest first chunk of a job, kept short so speech starts sooner."""
+    ahead_seconds: float = 30.0
+    """How much generated audio may wait ahead of playback."""
+    max_text_length: int = 20000
+    """Longest text accepted in one request (characters)."""
+    max_queue: int = 100
+    """Most jobs waiting or playing at once."""
+    idle_exit: float = 600.0
+    """Seconds with no clients and no jobs before the daemon exits (0: never)."""
+    engine_unload: float = 0.0
+    """Seconds with no jobs before the model is unloaded (0: never)."""
+    log_level: str = "info"
+    """``debug``, ``info``, ``warning`` or ``error``."""
+    engines: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    """Per-engine tables from the config file (``[piper]``, ``[chatterbox]``, ...)."""
+
+    def engine_settings(self, name: str) -> dict[str, Any]:
+        """The settings an engine is built with: its table plus the shared voice settings."""
+        settings = dict(self.engines.get(name, {}))
+        if self.voice:
+            settings.setdefault("voice", self.voice)
+        settings.setdefault("voices_dir", self.voices_dir or str(config_home() / "voices"))
+        if name == "chatterbox":
+            settings.setdefault("cache_dir", str(cache_home()))
+        return settings
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Config) if f.name != "engines"}
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _convert(name: str, raw: Any, origin: str) -> Any:
+    """Convert ``raw`` (a TOML value or a string) to the type of setting ``name``."""
+    default = getattr(Config(), name)
+    where = f"{origin}: " if origin else ""
+    try:
+        if isinstance(default, bool):
+            raise AssertionError("no boolean settings")
+        if isinstance(default, int):
+            if isinstance(raw, bool | float):
+                raise ValueError
+            value: Any = int(raw)
+        elif isinstance(default, float):
+            if isinstance(raw, bool):
+                raise ValueError
+            value = float(raw)
+        else:
+            if not isinstance(raw, str):
+                raise ValueError
+            value = raw
+    except (TypeError, ValueError):
+        kind = type(default).__name__.replace("int", "an integer").replace("float", "a number")
+        kind = "a string" if kind == "str" else kind
+        raise ConfigError(f"{where}{name} must be {kind}, got {raw!r}") from None
+    _check(name, value, where)
+    return value
+
+
+def _check(name: str, value: Any, where: str) -> None:
+    def fail(why: str) -> None:
+        raise ConfigError(f"{where}{name} {why}, got {value!r}")
+
+    if name == "port" and not 0 <= value <= 65535:
+        fail("must be a port number 0-65535")
+    if name == "engine" and value not in ENGINE_NAMES:
+        fail(f"must be one of {', '.join(ENGINE_NAMES)}")
+    if name == "log_level" and value not in _LOG_LEVELS:
+        fail(f"must be one of {', '.join(_LOG_LEVELS)}")
+    if name == "volume" and not 0.0 <= value <= 1.0:
+        fail("must be between 0.0 and 1.0")
+    if name in ("chunk_chars", "first_chunk_chars") and not 20 <= value <= 2000:
+        fail("must be between 20 and 2000")
+    if name == "latency_ms" and not 5 <= value <= 2000:
+        fail("must be between 5 and 2000")
+    if name in ("max_text_length", "max_queue") and value < 1:
+        fail("must be at least 1")
+    if name in ("ahead_seconds", "idle_exit", "engine_unload") and not value >= 0:
+        fail("must be zero or more")
+    if name == "host" and not value:
+        fail("must not be empty")
+
+
+def config_path(env: Mapping[str, str]) -> Path:
+    """The config file to read: ``TTS_CONFIG`` or ``$XDG_CONFIG_HOME/ttsd/config.toml``."""
+    explicit = env.get("TTS_CONFIG")
+    return Path(explicit).expanduser() if explicit else config_home() / "config.toml"
+
+
+def load_config(
+    env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
+) -> Config:
+    """Build the effective :class:`Config`; raise :class:`ConfigError` on any bad value.
+
+    ``overrides`` are command-line values (strings or typed) and win over everything.
+    """
+    env = os.environ if env is None else env
+    config = Config()
+    path = config_path(env)
+    if path.is_file():
+        try:
+            table = tomllib.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read config: {exc}") from None
+        for key, raw in table.items():
+            if isinstance(raw, dict) and key in ENGINE_NAMES:
+                config.engines[key] = dict(raw)
+            elif key in _FIELDS:
+                setattr(config, key, _convert(key, raw, str(path)))
+            else:
+                raise ConfigError(f"{path}: unknown setting {key!r}")
+    elif "TTS_CONFIG" in env:
+        raise ConfigError(f"TTS_CONFIG: no such file {path}")
+    for key in _FIELDS:
+        raw = env.get(f"TTS_{key.upper()}")
+        if raw is not None and raw != "":
+            setattr(config, key, _convert(key, raw.strip(), f"TTS_{key.upper()}"))
+    for key, raw in (overrides or {}).items():
+        if raw is not None:
+            setattr(config, key, _convert(key, raw, f"--{key.replace('_', '-')}"))
+    return config

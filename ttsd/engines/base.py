@@ -1,0 +1,108 @@
+"""The interface every speech engine implements.
+
+An engine turns one chunk of text (a sentence or so) into mono int16 PCM at its own
+sample rate. The scheduler calls :meth:`Engine.load`, :meth:`Engine.synthesize` and
+:meth:`Engine.unload` from a single worker thread, one call at a time, so engines need
+no locking of their own. :meth:`Engine.validate_options` and :meth:`Engine.voices` may
+be called from the event loop and must be cheap and must not touch the model.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+
+class EngineError(Exception):
+    """An engine failed; ``code`` becomes the ``code`` of the job's ``error`` event."""
+
+    def __init__(self, message: str, code: str = "engine_failed") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class OptionError(ValueError):
+    """A per-job engine option is unknown or out of range (the client gets ``bad_option``)."""
+
+
+class Engine(ABC):
+    """A text-to-speech engine behind the scheduler."""
+
+    #: Short name used in config, logs and the protocol (``"piper"``).
+    name: str = ""
+
+    @property
+    @abstractmethod
+    def sample_rate(self) -> int:
+        """Sample rate in Hz of the PCM returned by :meth:`synthesize` (valid after load)."""
+
+    @abstractmethod
+    def load(self) -> None:
+        """Load the model; may take long. Raise :class:`EngineError` on failure."""
+
+    def unload(self) -> None:  # noqa: B027 - optional hook
+        """Free the model's memory. The engine may be loaded again later."""
+
+    @abstractmethod
+    def synthesize(self, text: str, voice: str | None, options: Mapping[str, Any]) -> np.ndarray:
+        """Speak one chunk of text; return mono int16 PCM as a 1-D array.
+
+        ``options`` has already been through :meth:`validate_options`.
+        Raise :class:`EngineError` when the chunk cannot be spoken.
+        """
+
+    def validate_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Check per-job options; return them normalised or raise :class:`OptionError`."""
+        if options:
+            raise OptionError(f"{self.name} takes no options, got {sorted(options)}")
+        return {}
+
+    def check_voice(self, voice: str | None) -> None:  # noqa: B027 - optional hook
+        """Raise :class:`OptionError` if ``voice`` is clearly unusable (cheap check)."""
+
+    def voices(self) -> list[str]:
+        """Names a client may pass as ``voice``."""
+        return []
+
+    def describe(self) -> dict[str, Any]:
+        """Extra facts for ``hello``/``status`` (model, device, default voice...)."""
+        return {}
+
+
+def check_number(
+    options: Mapping[str, Any], key: str, low: float, high: float, *, integer: bool = False
+) -> float | int | None:
+    """Return ``options[key]`` if it is a number within ``[low, high]``, else raise.
+
+    Returns None when the key is absent. Booleans are rejected even though Python
+    treats them as integers.
+    """
+    if key not in options:
+        return None
+    value = options[key]
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        kind = "an integer" if integer else "a number"
+        raise OptionError(f"option {key!r} must be {kind}, got {value!r}")
+    if not (low <= value <= high):  # also rejects NaN
+        raise OptionError(f"option {key!r} must be between {low} and {high}, got {value!r}")
+    return value
+
+
+def reject_unknown(options: Mapping[str, Any], known: set[str], engine: str) -> None:
+    """Raise :class:`OptionError` naming any option not in ``known``."""
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise OptionError(
+            f"unknown option(s) for {engine}: {', '.join(unknown)} "
+            f"(known: {', '.join(sorted(known)) or 'none'})"
+        )
+
+
+def float_to_int16(samples: np.ndarray) -> np.ndarray:
+    """Convert float audio in [-1, 1] to int16 PCM, clipping anything outside."""
+    clipped = np.clip(np.asarray(samples, dtype=np.float32).reshape(-1), -1.0, 1.0)
+    return np.round(clipped * 32767.0).astype(np.int16)

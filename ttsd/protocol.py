@@ -1,0 +1,238 @@
+"""The ttsd WebSocket protocol: parsing requests and building events. No I/O.
+
+Every frame is a text frame holding one JSON object with a ``type``. Requests may carry
+an ``id`` (string or number) that the direct reply echoes. ``docs/protocol.md`` is the
+contract; this module is its executable form. Parsing never trusts its input: anything
+malformed raises :class:`ProtocolError` with a stable ``code``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+PROTOCOL_VERSION = 1
+
+#: Error codes of replies to bad requests (``error`` with an ``id``, no ``job``).
+BAD_JSON = "bad_json"
+BAD_REQUEST = "bad_request"
+UNKNOWN_TYPE = "unknown_type"
+TEXT_TOO_LONG = "text_too_long"
+QUEUE_FULL = "queue_full"
+BAD_OPTION = "bad_option"
+UNKNOWN_JOB = "unknown_job"
+
+RequestId = str | int | float | None
+
+_MAX_ID_LENGTH = 200
+
+
+class ProtocolError(Exception):
+    """A request that cannot be served; becomes an ``error`` reply."""
+
+    def __init__(self, code: str, message: str, request_id: RequestId = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+@dataclass(frozen=True)
+class Request:
+    """Base of all parsed requests."""
+
+    id: RequestId = None
+
+
+@dataclass(frozen=True)
+class Speak(Request):
+    text: str = ""
+    voice: str | None = None
+    volume: float | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AbortCurrent(Request):
+    pass
+
+
+@dataclass(frozen=True)
+class AbortAll(Request):
+    pass
+
+
+@dataclass(frozen=True)
+class AbortJob(Request):
+    job: int = 0
+
+
+@dataclass(frozen=True)
+class Status(Request):
+    pass
+
+
+@dataclass(frozen=True)
+class Voices(Request):
+    pass
+
+
+@dataclass(frozen=True)
+class Terminate(Request):
+    pass
+
+
+@dataclass(frozen=True)
+class Ping(Request):
+    pass
+
+
+# type name -> (request class, allowed fields besides "type" and "id")
+_REQUESTS: dict[str, tuple[type[Request], frozenset[str]]] = {
+    "speak": (Speak, frozenset({"text", "voice", "volume", "options"})),
+    "abort_current": (AbortCurrent, frozenset()),
+    "abort_all": (AbortAll, frozenset()),
+    "abort": (AbortJob, frozenset({"job"})),
+    "status": (Status, frozenset()),
+    "voices": (Voices, frozenset()),
+    "terminate": (Terminate, frozenset()),
+    "ping": (Ping, frozenset()),
+}
+
+REQUEST_TYPES = tuple(_REQUESTS)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _request_id(message: dict[str, Any]) -> RequestId:
+    """The request's ``id`` if it is usable, else None (so errors can still echo it)."""
+    value = message.get("id")
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str) and len(value) <= _MAX_ID_LENGTH:
+        return value
+    if isinstance(value, int) and abs(value) < 2**53:
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    return None
+
+
+def _has_control_chars(text: str) -> bool:
+    return any((ord(c) < 32 and c not in "\t\n\r") or 0x7F <= ord(c) < 0xA0 for c in text)
+
+
+def parse_request(frame: str, *, max_text_length: int) -> Request:
+    """Parse one text frame into a :class:`Request` or raise :class:`ProtocolError`."""
+    try:
+        message = json.loads(frame, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(BAD_JSON, f"frame is not valid JSON: {exc}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError(BAD_REQUEST, "a request must be a JSON object")
+    request_id = _request_id(message)
+    if "id" in message and message["id"] is not None and request_id is None:
+        raise ProtocolError(BAD_REQUEST, "id must be a string (<= 200 chars) or a number")
+
+    def bad(message_text: str, code: str = BAD_REQUEST) -> ProtocolError:
+        return ProtocolError(code, message_text, request_id)
+
+    kind = message.get("type")
+    if not isinstance(kind, str):
+        raise bad("a request needs a string field 'type'")
+    if kind not in _REQUESTS:
+        raise bad(f"unknown request type {kind!r}", UNKNOWN_TYPE)
+    cls, allowed = _REQUESTS[kind]
+    unknown = sorted(set(message) - allowed - {"type", "id"})
+    if unknown:
+        raise bad(f"unknown field(s) for {kind}: {', '.join(map(repr, unknown))}")
+
+    if cls is Speak:
+        return _parse_speak(message, request_id, max_text_length, bad)
+    if cls is AbortJob:
+        job = message.get("job")
+        if isinstance(job, bool) or not isinstance(job, int) or not 0 < job < 2**53:
+            raise bad("'job' must be a positive integer job id")
+        return AbortJob(id=request_id, job=job)
+    return cls(id=request_id)
+
+
+def _parse_speak(
+    message: dict[str, Any], request_id: RequestId, max_text_length: int, bad: Any
+) -> Speak:
+    text = message.get("text")
+    if not isinstance(text, str):
+        raise bad("'text' must be a string")
+    if len(text) > max_text_length:
+        raise bad(f"text is {len(text)} characters; the limit is {max_text_length}", TEXT_TOO_LONG)
+    if _has_control_chars(text):
+        raise bad("text contains control characters")
+    if not text.strip():
+        raise bad("text is empty")
+    voice = message.get("voice")
+    if voice is not None and (not isinstance(voice, str) or not voice or len(voice) > 500):
+        raise bad("'voice' must be a non-empty string")
+    volume = message.get("volume")
+    if volume is not None and (
+        isinstance(volume, bool) or not isinstance(volume, int | float) or not 0.0 <= volume <= 1.0
+    ):
+        raise bad("'volume' must be a number between 0.0 and 1.0", BAD_OPTION)
+    options = message.get("options", {})
+    if not isinstance(options, dict):
+        raise bad("'options' must be an object", BAD_OPTION)
+    return Speak(
+        id=request_id,
+        text=text,
+        voice=voice,
+        volume=None if volume is None else float(volume),
+        options=options,
+    )
+
+
+# --- Messages from the server -------------------------------------------------------
+
+
+def encode(message: dict[str, Any]) -> str:
+    """Serialise a server message to the text of one frame."""
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+
+
+def with_id(message: dict[str, Any], request_id: RequestId) -> dict[str, Any]:
+    """Return ``message`` with ``id`` set (only when the request had one)."""
+    return message if request_id is None else {**message, "id": request_id}
+
+
+def error_reply(code: str, message: str, request_id: RequestId = None) -> dict[str, Any]:
+    return with_id({"type": "error", "code": code, "message": message}, request_id)
+
+
+def ok_reply(request_id: RequestId = None, **fields: Any) -> dict[str, Any]:
+    return with_id({"type": "ok", **fields}, request_id)
+
+
+def hello(version: str, **fields: Any) -> dict[str, Any]:
+    return {"type": "hello", "protocol": PROTOCOL_VERSION, "version": version, **fields}
+
+
+def queued_event(job: int, position: int, **fields: Any) -> dict[str, Any]:
+    return {"type": "queued", "job": job, "position": position, **fields}
+
+
+def started_event(job: int, **fields: Any) -> dict[str, Any]:
+    return {"type": "started", "job": job, **fields}
+
+
+def finished_event(job: int, **fields: Any) -> dict[str, Any]:
+    return {"type": "finished", "job": job, **fields}
+
+
+def aborted_event(job: int, reason: str, **fields: Any) -> dict[str, Any]:
+    return {"type": "aborted", "job": job, "reason": reason, **fields}
+
+
+def job_error_event(job: int, code: str, message: str, **fields: Any) -> dict[str, Any]:
+    return {"type": "error", "job": job, "code": code, "message": message, **fields}
