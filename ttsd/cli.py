@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
-import sys
 
 from ttsd import __version__
-from ttsd.config import Config, ConfigError, load_config
 
 EXIT_USAGE = 2
 
@@ -32,14 +28,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def setup_logging(config: Config) -> None:
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
 def serve(args: argparse.Namespace) -> int:
     from ttsd.server import daemon
 
@@ -47,17 +35,7 @@ def serve(args: argparse.Namespace) -> int:
         key: getattr(args, key)
         for key in ("host", "port", "engine", "voice", "sink", "idle_exit", "log_level")
     }
-    try:
-        config = load_config(overrides=overrides)
-    except ConfigError as exc:
-        print(f"ttsd: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    setup_logging(config)
-    try:
-        return asyncio.run(daemon.run(config))
-    except OSError as exc:
-        logging.getLogger("ttsd").error("cannot serve: %s", exc)
-        return 1
+    return daemon.main(overrides)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ malformed raises :class:`ProtocolError` with a stable ``code``.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 from dataclasses import dataclass, field
@@ -55,6 +56,15 @@ class Speak(Request):
 
 
 @dataclass(frozen=True)
+class Synthesize(Request):
+    """Like :class:`Speak`, but the audio comes back in the reply instead of playing."""
+
+    text: str = ""
+    voice: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class AbortCurrent(Request):
     pass
 
@@ -92,6 +102,7 @@ class Ping(Request):
 # type name -> (request class, allowed fields besides "type" and "id")
 _REQUESTS: dict[str, tuple[type[Request], frozenset[str]]] = {
     "speak": (Speak, frozenset({"text", "voice", "volume", "options"})),
+    "synthesize": (Synthesize, frozenset({"text", "voice", "options"})),
     "abort_current": (AbortCurrent, frozenset()),
     "abort_all": (AbortAll, frozenset()),
     "abort": (AbortJob, frozenset({"job"})),
@@ -153,6 +164,9 @@ def parse_request(frame: str, *, max_text_length: int) -> Request:
 
     if cls is Speak:
         return _parse_speak(message, request_id, max_text_length, bad)
+    if cls is Synthesize:
+        speak = _parse_speak(message, request_id, max_text_length, bad)
+        return Synthesize(id=request_id, text=speak.text, voice=speak.voice, options=speak.options)
     if cls is AbortJob:
         job = message.get("job")
         if isinstance(job, bool) or not isinstance(job, int) or not 0 < job < 2**53:
@@ -212,6 +226,21 @@ def error_reply(code: str, message: str, request_id: RequestId = None) -> dict[s
 
 def ok_reply(request_id: RequestId = None, **fields: Any) -> dict[str, Any]:
     return with_id({"type": "ok", **fields}, request_id)
+
+
+def audio_reply(pcm: bytes, sample_rate: int, request_id: RequestId = None) -> dict[str, Any]:
+    """The reply to ``synthesize``: mono s16le PCM, base64-encoded."""
+    return with_id(
+        {
+            "type": "audio",
+            "format": "s16le",
+            "channels": 1,
+            "sample_rate": sample_rate,
+            "samples": len(pcm) // 2,
+            "data": base64.b64encode(pcm).decode("ascii"),
+        },
+        request_id,
+    )
 
 
 def hello(version: str, **fields: Any) -> dict[str, Any]:

@@ -158,11 +158,38 @@ class Scheduler:
         self._wake_player.set()
         return job
 
+    async def synthesize(self, request: protocol.Synthesize) -> tuple[np.ndarray, int]:
+        """Make the audio for ``request`` without playing it; return (PCM, sample rate).
+
+        Chunks go through the same worker as the jobs', interleaved with them.
+        """
+        if self._closed:
+            raise protocol.ProtocolError("shutting_down", "the daemon is shutting down")
+        if not await self._ensure_engine():
+            raise protocol.ProtocolError(
+                "engine_unavailable", f"the engine failed to load: {self.engine_error}", request.id
+            )
+        assert self.engine is not None
+        engine = self.engine
+        try:
+            options = engine.validate_options(request.options)
+            engine.check_voice(request.voice)
+        except OptionError as exc:
+            raise protocol.ProtocolError(protocol.BAD_OPTION, str(exc), request.id) from None
+        parts = []
+        for chunk in split_text(request.text, self.config.chunk_chars):
+            try:
+                parts.append(
+                    await self._worker.run(engine.synthesize, chunk, request.voice, options)
+                )
+            except EngineError as exc:
+                raise protocol.ProtocolError(exc.code, str(exc), request.id) from None
+        return np.concatenate(parts).astype(np.int16, copy=False), engine.sample_rate
+
     def position(self, job: Job) -> int:
-        """0 if ``job`` is playing, else its 1-based place in the queue."""
-        if job is self.current:
-            return 0
-        return self.queue.index(job) + 1
+        """1 + the number of jobs that play before ``job`` (1: it plays now or next)."""
+        ahead = [j for j in (self.current, *self.queue) if j is not None]
+        return ahead.index(job) + 1
 
     def abort_current(self, reason: str = "abort_current") -> list[int]:
         """Abort the playing job (if any); the next job starts right away."""
@@ -231,9 +258,7 @@ class Scheduler:
             current["pid"] = self._stream.pid
         return {
             "current": current,
-            "queue": [
-                {**job.describe(), "position": n} for n, job in enumerate(self.queue, start=1)
-            ],
+            "queue": [{**job.describe(), "position": self.position(job)} for job in self.queue],
             "engine": self.engine_info(),
             "audio": self.audio_info(),
         }

@@ -12,11 +12,12 @@ import asyncio
 import logging
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ttsd.config import Config
+from ttsd.config import Config, ConfigError, load_config
 from ttsd.engines import Engine, create_engine, resolve_auto
 from ttsd.scheduler import Scheduler
 from ttsd.server.server import Server
@@ -53,7 +54,10 @@ def engine_factory(config: Config) -> Callable[[], Engine]:
         if name == "auto":
             name, reason = resolve_auto()
             log.info("engine auto: chose %s (%s)", name, reason)
-        return create_engine(name, config.engine_settings(name))
+        try:
+            return create_engine(name, config.engine_settings(name))
+        except TypeError as exc:  # an unknown key in the engine's table
+            raise ConfigError(f"[{name}] settings: {exc}") from None
 
     return make
 
@@ -142,3 +146,29 @@ def _idle_for(server: Server, scheduler: Scheduler) -> float:
     if server.clients or scheduler.busy:
         return 0.0
     return time.monotonic() - max(server.last_disconnect, scheduler.last_activity)
+
+
+def setup_logging(config: Config) -> None:
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(overrides: dict[str, Any] | None = None) -> int:
+    """``ttsd serve``: load the config, set up logging, run; return the exit status."""
+    try:
+        config = load_config(overrides=overrides)
+    except ConfigError as exc:
+        print(f"ttsd: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config)
+    try:
+        return asyncio.run(run(config))
+    except ConfigError as exc:
+        print(f"ttsd: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        log.error("cannot serve: %s", exc)
+        return 1

@@ -37,6 +37,7 @@ class Server:
         self.last_disconnect = time.monotonic()
         self._websocket_server: WebSocketServer | None = None
         self._client_numbers = itertools.count(1)
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # --- Sending -------------------------------------------------------------------
 
@@ -120,12 +121,27 @@ class Server:
                 extra={"CLIENT": label, "EVENT": "protocol_error"},
             )
             reply = protocol.error_reply(exc.code, exc.message, exc.request_id)
-        self.reply(connection, reply)
+        if reply is not None:
+            self.reply(connection, reply)
+
+    async def _synthesize(
+        self, connection: ServerConnection, label: str, request: protocol.Synthesize
+    ) -> None:
+        try:
+            pcm, rate = await self.scheduler.synthesize(request)
+        except protocol.ProtocolError as exc:
+            log.warning("%s: synthesize failed: %s", label, exc.message, extra={"CLIENT": label})
+            self.reply(connection, protocol.error_reply(exc.code, exc.message, request.id))
+            return
+        self.reply(connection, protocol.audio_reply(pcm.tobytes(), rate, request.id))
 
     def dispatch(
         self, connection: ServerConnection, label: str, request: protocol.Request
-    ) -> dict[str, Any]:
-        """Carry out ``request``; return the direct reply (events go out meanwhile)."""
+    ) -> dict[str, Any] | None:
+        """Carry out ``request``; return the direct reply (events go out meanwhile).
+
+        None means the reply will be sent later, by a task (``synthesize``).
+        """
         scheduler = self.scheduler
         rid = request.id
         match request:
@@ -134,6 +150,11 @@ class Server:
                 event = protocol.queued_event(job.id, scheduler.position(job))
                 self.send((c for c in self.clients if c is not connection), event)
                 return protocol.with_id(event, rid)
+            case protocol.Synthesize():
+                task = asyncio.create_task(self._synthesize(connection, label, request))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                return None
             case protocol.AbortCurrent():
                 return protocol.ok_reply(rid, aborted=scheduler.abort_current())
             case protocol.AbortAll():

@@ -1,0 +1,94 @@
+"""Speech reaches the speaker: recorded from a real PulseAudio null sink."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from tests.support.pulse import Recorder, find_exact, sound_spans
+from ttsd.client import Client
+from ttsd.engines.tone import ToneEngine
+from ttsd.scheduler.chunking import split_text
+
+TONE_ENGINE = ToneEngine(ms_per_char=20.0)
+
+
+def tone(text: str, frequency: float = 440.0) -> np.ndarray:
+    """What the daemon's tone engine makes of ``text`` (all its chunks, back to back)."""
+    chunks = split_text(text, 300, 120)
+    return np.concatenate(
+        [TONE_ENGINE.synthesize(c, None, {"frequency": frequency}) for c in chunks]
+    )
+
+
+async def test_speech_is_recorded_whole_with_events_in_order(
+    client: Client, recorder: Recorder
+) -> None:
+    text = "Hello there. This is the tone engine."
+    reply = await client.speak(text)
+    assert reply["type"] == "queued" and reply["position"] == 1
+    job = reply["job"]
+    end = await client.wait_for_job(job, timeout=10)
+    assert end["type"] == "finished"
+    kinds = [m["type"] for m in client.job_events(job)]
+    assert kinds == ["queued", "started", "finished"]
+
+    expected = tone(text)
+    recorded = recorder.samples()
+    start = find_exact(recorded, expected)
+    assert start is not None, "the engine's audio was not recorded sample for sample"
+    spans = sound_spans(recorded, 0.05, recorder.rate)
+    assert len(spans) == 1
+    assert abs((spans[0][1] - spans[0][0]) - len(expected)) < 0.01 * recorder.rate
+    assert end["audio_seconds"] == round(len(expected) / 22050, 3)
+
+
+async def test_chunks_play_back_to_back_while_later_ones_are_generated(
+    start_daemon, recorder: Recorder
+) -> None:
+    # 150 ms to synthesize each chunk, which holds 0.6-1.2 s of audio: playback must
+    # start after the first chunk and never wait for the others.
+    daemon = start_daemon(
+        {
+            "engine": "tone",
+            "chunk_chars": 40,
+            "first_chunk_chars": 30,
+            "tone": {"ms_per_char": 20.0, "delay_ms": 150.0},
+        }
+    )
+    text = " ".join(f"Sentence number {n} is here." for n in range(8))
+    chunks = split_text(text, 40, 30)
+    assert len(chunks) == 8
+    async with await Client.connect("127.0.0.1", daemon.port) as client:
+        sent = asyncio.get_running_loop().time()
+        job = (await client.speak(text))["job"]
+        await client.wait_for_job(job, timeout=30)
+        started_at = next(t for t, m in client.messages if m.get("type") == "started")
+    assert started_at - sent < 0.15 * 2 + 0.3  # one chunk of synthesis, not eight
+    expected = np.concatenate([TONE_ENGINE.synthesize(c, None, {}) for c in chunks])
+    assert find_exact(recorder.samples(), expected) is not None, "gap or glitch between chunks"
+
+
+async def test_second_job_plays_after_the_first(client: Client, recorder: Recorder) -> None:
+    first = await client.speak("First job, low tone.", options={"frequency": 300})
+    second = await client.speak("Second job, high tone.", options={"frequency": 900})
+    assert second["position"] == 2
+    await client.wait_for_job(second["job"], timeout=10)
+    order = [(m["type"], m["job"]) for _, m in client.messages if "job" in m]
+    assert order.index(("finished", first["job"])) < order.index(("started", second["job"]))
+
+    recorded = recorder.samples()
+    one = find_exact(recorded, tone("First job, low tone.", 300))
+    two = find_exact(recorded, tone("Second job, high tone.", 900))
+    assert one is not None and two is not None
+    assert two >= one + len(tone("First job, low tone.", 300))
+
+
+async def test_every_client_sees_every_event(daemon, client: Client) -> None:
+    async with await Client.connect("127.0.0.1", daemon.port) as watcher:
+        job = (await client.speak("Shared news."))["job"]
+        await client.wait_for_job(job, timeout=10)
+        await watcher.wait_for_job(job, timeout=10)
+        seen = [m["type"] for m in watcher.job_events(job)]
+    assert seen == ["queued", "started", "finished"]
