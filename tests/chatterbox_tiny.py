@@ -41,7 +41,6 @@ def register_tiny_configs() -> None:
         "num_attention_heads": 4,
         "num_key_value_heads": 4,
         "head_dim": 16,
-        "max_position_embeddings": 4096,
         "torch_dtype": "float32",
     }
     LLAMA_CONFIGS[TINY_GPT2] = {
@@ -67,6 +66,8 @@ def write_tokenizer(path: Path) -> Path:
     vocab = {"[STOP]": 0, "[UNK]": 1, "[SPACE]": 2}
     for char in _CHARS:
         vocab[char] = len(vocab)
+    while len(vocab) < 255:  # no holes in the id range
+        vocab[f"[UNUSED{len(vocab)}]"] = len(vocab)
     vocab["[START]"] = 255
     tokenizer = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
@@ -95,11 +96,12 @@ def write_clip(path: Path, seconds: float = 6.0, rate: int = 24000, seed: int = 
     return path
 
 
-def build_tiny_standard(workdir: Path, *, seed: int = 0, with_conds: bool = True) -> Any:
+def build_tiny_standard(workdir: Path, *, seed: int = 0, clip_seconds: float = 2.0) -> Any:
     """Return a ``ChatterboxTTS`` with tiny random weights on the CPU.
 
-    With ``with_conds`` its built-in voice is prepared from a synthetic clip, like the
-    ``conds.pt`` the real checkpoint ships.
+    Its built-in voice is prepared from a synthetic clip of ``clip_seconds``, like the
+    ``conds.pt`` the real checkpoint ships (0 leaves it without one). The reference
+    dominates the cost of a short generation, so tests keep it short.
     """
     import torch
     from chatterbox.models.s3gen import S3Gen
@@ -119,6 +121,7 @@ def build_tiny_standard(workdir: Path, *, seed: int = 0, with_conds: bool = True
     ve = VoiceEncoder().eval()
     tokenizer = EnTokenizer(str(write_tokenizer(workdir / "tokenizer.json")))
     model = ChatterboxTTS(t3, s3gen, ve, tokenizer, "cpu")
-    if with_conds:
-        model.prepare_conditionals(str(write_clip(workdir / "builtin.wav", seed=seed)))
+    if clip_seconds:
+        clip = write_clip(workdir / "builtin.wav", seconds=clip_seconds, seed=seed)
+        model.prepare_conditionals(str(clip))
     return model
