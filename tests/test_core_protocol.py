@@ -1,0 +1,119 @@
+"""Every bad request gets one clear error reply with a stable code; the connection lives on."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ttsd import protocol
+from ttsd.client import Client, RequestFailed
+from ttsd.scheduler.chunking import split_text
+
+
+async def raw_reply(client: Client, frame: str | bytes) -> dict:
+    before = len(client.messages)
+    await client.send_raw(frame)
+    for _ in range(200):
+        replies = [m for _, m in client.messages[before:] if m["type"] == "error"]
+        if replies:
+            return replies[0]
+        await __import__("asyncio").sleep(0.01)
+    raise AssertionError("no reply")
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("this is not json", "bad_json"),
+        ('{"type": "speak", "text": NaN}', "bad_json"),
+        ("[1, 2, 3]", "bad_request"),
+        ('{"text": "no type"}', "bad_request"),
+        ('{"type": 5}', "bad_request"),
+        ('{"type": "sing", "id": 7}', "unknown_type"),
+        ('{"type": "speak", "text": 5}', "bad_request"),
+        ('{"type": "speak", "text": "   "}', "bad_request"),
+        ('{"type": "speak", "text": "bell \\u0007"}', "bad_request"),
+        ('{"type": "speak", "text": "hi", "colour": "red"}', "bad_request"),
+        ('{"type": "speak", "text": "hi", "volume": 3}', "bad_option"),
+        ('{"type": "speak", "text": "hi", "options": {"frequency": 1e9}}', "bad_option"),
+        ('{"type": "speak", "text": "hi", "options": {"pitch": 2}}', "bad_option"),
+        ('{"type": "speak", "text": "hi", "options": []}', "bad_option"),
+        ('{"type": "status", "id": {"nested": 1}}', "bad_request"),
+        ('{"type": "abort", "job": "one"}', "bad_request"),
+        ('{"type": "abort", "job": 999}', "unknown_job"),
+    ],
+)
+async def test_bad_request_gets_error_with_code(client: Client, frame: str, code: str) -> None:
+    reply = await raw_reply(client, frame)
+    assert reply["code"] == code, reply
+    assert reply["message"]
+    if '"id": 7' in frame:
+        assert reply["id"] == 7
+    assert (await client.request("ping"))["type"] == "pong"  # still usable
+
+
+async def test_binary_frame_is_refused_and_connection_stays(client: Client) -> None:
+    reply = await raw_reply(client, b"\x00\x01binary")
+    assert reply["code"] == "bad_request" and "binary" in reply["message"]
+    assert (await client.request("ping"))["type"] == "pong"
+
+
+async def test_text_too_long(start_daemon) -> None:
+    daemon = start_daemon({"engine": "tone", "max_text_length": 50})
+    async with await Client.connect("127.0.0.1", daemon.port) as client:
+        with pytest.raises(RequestFailed) as failure:
+            await client.speak("x" * 51)
+        assert failure.value.code == "text_too_long"
+        assert (await client.speak("x" * 50))["type"] == "queued"
+
+
+async def test_queue_full_and_other_jobs_go_on(start_daemon) -> None:
+    daemon = start_daemon({"engine": "tone", "max_queue": 2, "tone": {"ms_per_char": 10.0}})
+    async with await Client.connect("127.0.0.1", daemon.port) as client:
+        first = (await client.speak("one two three"))["job"]
+        second = (await client.speak("four five six"))["job"]
+        with pytest.raises(RequestFailed) as failure:
+            await client.speak("seven")
+        assert failure.value.code == "queue_full"
+        assert (await client.wait_for_job(first, timeout=10))["type"] == "finished"
+        assert (await client.wait_for_job(second, timeout=10))["type"] == "finished"
+        assert (await client.speak("room again"))["type"] == "queued"
+
+
+async def test_replies_echo_ids_and_status_has_the_contract_fields(client: Client) -> None:
+    await client.send_raw(json.dumps({"type": "status", "id": "abc"}))
+    await client.send_raw(json.dumps({"type": "ping", "id": 12.5}))
+    while len([m for _, m in client.messages if "id" in m]) < 2:
+        await __import__("asyncio").sleep(0.01)
+    status, pong = [m for _, m in client.messages if "id" in m]
+    assert status["id"] == "abc" and pong["id"] == 12.5
+    assert {"current", "queue", "engine", "audio"} <= set(status)
+    assert status["engine"]["name"] == "tone"
+    hello = client.hello
+    assert hello["type"] == "hello" and hello["protocol"] == 1 and "version" in hello
+    assert hello["engine"]["name"] == "tone"
+
+
+def test_parse_request_is_pure_and_strict() -> None:
+    speak = protocol.parse_request(
+        '{"type":"speak","text":"Hi.","id":"x","voice":"joe","volume":0.5}', max_text_length=10
+    )
+    assert speak == protocol.Speak(id="x", text="Hi.", voice="joe", volume=0.5)
+    with pytest.raises(protocol.ProtocolError) as err:
+        protocol.parse_request('{"type":"speak","text":"Hi.","id":true}', max_text_length=10)
+    assert err.value.code == "bad_request"
+    with pytest.raises(protocol.ProtocolError) as err:
+        protocol.parse_request('{"type":"nope","id":3}', max_text_length=10)
+    assert (err.value.code, err.value.request_id) == ("unknown_type", 3)
+
+
+def test_split_text_respects_limits_and_boundaries() -> None:
+    text = "One. Two is here! Three? " + "A long clause, with commas, " * 20 + "end."
+    chunks = split_text(text, limit=100, first_limit=40)
+    assert len(chunks[0]) <= 40 and all(len(c) <= 100 for c in chunks)
+    assert " ".join(chunks).split() == text.split()  # nothing lost or reordered
+    assert chunks[0].endswith(("!", "?", ".", ","))
+    assert split_text("Hello.") == ["Hello."]
+    unbroken = "x" * 250
+    assert [len(c) for c in split_text(unbroken, limit=100)] == [100, 100, 50]
