@@ -180,7 +180,7 @@ class Recorder:
         raise AssertionError(f"no sound recorded within {timeout} s")
 
     def wait_for_silence(self, seconds: float, timeout: float = 30.0) -> int:
-        """Wait until the last ``seconds`` of recording are silent; return the last audible index."""
+        """Wait until the last ``seconds`` recorded are silent; return the last audible index."""
         deadline = time.monotonic() + timeout
         window = int(seconds * self.rate)
         while time.monotonic() < deadline:
