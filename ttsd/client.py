@@ -6,18 +6,29 @@
 
 Every message the server sends is kept in :attr:`Client.messages` with the time it
 arrived; events (messages that answer no request) also go to :meth:`Client.next_event`.
+
+Errors are all :class:`ClientError`: :class:`DaemonNotRunning` when nothing accepts the
+connection, :class:`RequestFailed` (with the server's ``code``) for an ``error`` reply,
+:class:`ConnectionLost` when the connection closes under a call, and
+:class:`RequestTimeout` (also a :class:`TimeoutError`) when no reply comes in time.
+After the daemon went away, :meth:`Client.reconnect` opens a new connection to the
+same address; jobs live in the daemon, so their later events arrive on the new one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import json
 import os
 import time
+import wave
 from collections.abc import AsyncIterator
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -26,6 +37,12 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11500
 
 TERMINAL_EVENTS = frozenset({"finished", "aborted", "error"})
+
+START_HINT = "start it with `ttsd serve` (or `systemctl --user start tts.socket`)"
+
+# Backoff between connection attempts while retrying (seconds).
+_RETRY_FIRST = 0.05
+_RETRY_MAX = 0.5
 
 
 class ClientError(Exception):
@@ -36,6 +53,20 @@ class DaemonNotRunning(ClientError):
     """Nothing accepted the connection."""
 
 
+class ConnectionLost(ClientError):
+    """The connection closed while a request or an event was awaited."""
+
+    def __init__(self, close_code: int | None, reason: str = "") -> None:
+        detail = f"code {close_code}" + (f", {reason}" if reason else "")
+        super().__init__(f"connection to the daemon closed ({detail})")
+        self.close_code = close_code
+        self.reason = reason
+
+
+class RequestTimeout(ClientError, TimeoutError):
+    """No reply (or event) arrived within the timeout."""
+
+
 class RequestFailed(ClientError):
     """The server answered a request with an ``error`` reply."""
 
@@ -43,28 +74,140 @@ class RequestFailed(ClientError):
         super().__init__(f"{reply.get('code')}: {reply.get('message')}")
         self.reply = reply
         self.code = reply.get("code")
+        self.message = str(reply.get("message", ""))
 
 
 def default_address(host: str | None = None, port: int | None = None) -> tuple[str, int]:
     """``host``/``port``, else ``TTS_HOST``/``TTS_PORT``, else 127.0.0.1:11500."""
     host = host or os.environ.get("TTS_HOST") or DEFAULT_HOST
     if port is None:
-        port = int(os.environ.get("TTS_PORT") or DEFAULT_PORT)
+        raw = os.environ.get("TTS_PORT") or str(DEFAULT_PORT)
+        try:
+            port = int(raw)
+        except ValueError:
+            raise ClientError(f"TTS_PORT must be a port number, got {raw!r}") from None
     return host, port
 
 
+def url_of(host: str, port: int) -> str:
+    """The WebSocket URL of a daemon at ``host:port`` (IPv6 addresses bracketed)."""
+    bracketed = f"[{host}]" if ":" in host else host
+    return f"ws://{bracketed}:{port}"
+
+
+def _reason(exc: BaseException) -> str:
+    """A short cause for a failed connection attempt."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
+        return "timed out"
+    return str(exc) or exc.__class__.__name__
+
+
+@dataclass(frozen=True)
+class Audio:
+    """The reply to ``synthesize``: mono signed 16-bit little-endian PCM."""
+
+    pcm: bytes
+    sample_rate: int
+
+    @property
+    def samples(self) -> int:
+        return len(self.pcm) // 2
+
+    @property
+    def seconds(self) -> float:
+        return self.samples / self.sample_rate
+
+    @classmethod
+    def from_reply(cls, reply: dict[str, Any]) -> Audio:
+        """Decode an ``audio`` reply, checking it says what the data holds."""
+        if reply.get("format") != "s16le" or reply.get("channels") != 1:
+            raise ClientError(f"unsupported audio format in reply: {reply.get('format')!r}")
+        try:
+            pcm = base64.b64decode(reply["data"], validate=True)
+            rate = int(reply["sample_rate"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ClientError(f"malformed audio reply: {exc}") from None
+        if len(pcm) != 2 * reply.get("samples", -1):
+            raise ClientError("audio reply: 'samples' does not match the data")
+        return cls(pcm, rate)
+
+    def write_wav(self, target: str | Path | BinaryIO) -> None:
+        """Write a 16-bit mono WAV file (to a path or a binary file object)."""
+        with wave.open(target if not isinstance(target, Path) else str(target), "wb") as out:
+            out.setnchannels(1)
+            out.setsampwidth(2)
+            out.setframerate(self.sample_rate)
+            # Declaring the length first lets the header be written once, so the
+            # target need not be seekable (a pipe works).
+            out.setnframes(self.samples)
+            out.writeframes(self.pcm)
+
+
 class Client:
-    def __init__(self, connection: ClientConnection, url: str) -> None:
+    """One WebSocket connection to the daemon, with replies matched to requests by ``id``."""
+
+    def __init__(
+        self,
+        connection: ClientConnection,
+        url: str,
+        *,
+        timeout: float = 5.0,
+        options: dict[str, Any] | None = None,
+    ) -> None:
         self.connection = connection
         self.url = url
+        self._timeout = timeout
+        self._options = dict(options or {})
         self.hello: dict[str, Any] = {}
-        #: Every message received, as (monotonic time, message).
+        #: Every message received, as (monotonic time, message), across reconnects.
         self.messages: list[tuple[float, dict[str, Any]]] = []
+        #: How many times :meth:`reconnect` opened a new connection.
+        self.reconnects = 0
         self._events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._ids = itertools.count(1)
         self._reader: asyncio.Task[None] | None = None
         self.close_code: int | None = None
+        self.close_reason = ""
+
+    # --- Connecting ------------------------------------------------------------------
+
+    @staticmethod
+    async def _open(
+        url: str, timeout: float, retry_for: float, options: dict[str, Any]
+    ) -> tuple[ClientConnection, dict[str, Any]]:
+        """Connect to ``url`` and read its hello, retrying refused connections."""
+        deadline = time.monotonic() + retry_for
+        delay = _RETRY_FIRST
+        while True:
+            try:
+                connection = await asyncio.wait_for(
+                    connect(url, compression=None, max_size=2**26, open_timeout=None, **options),
+                    timeout,
+                )
+                break
+            except (OSError, asyncio.TimeoutError) as exc:
+                if time.monotonic() + delay > deadline:
+                    why = _reason(exc)
+                    raise DaemonNotRunning(
+                        f"no ttsd daemon answers at {url} ({why}); {START_HINT}"
+                    ) from None
+            except InvalidStatus as exc:
+                raise ClientError(f"{url} refused the connection: {exc}") from None
+            except InvalidHandshake as exc:
+                raise ClientError(f"{url} is not a ttsd daemon: {exc}") from None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _RETRY_MAX)
+        try:
+            hello = json.loads(await asyncio.wait_for(connection.recv(), timeout))
+            if not isinstance(hello, dict) or hello.get("type") != "hello":
+                raise ValueError(f"first message is not a hello: {hello!r:.100}")
+        except (ConnectionClosed, asyncio.TimeoutError, ValueError) as exc:
+            await connection.close()
+            raise ClientError(f"{url} sent no hello: {exc or exc.__class__.__name__}") from None
+        return connection, hello
 
     @classmethod
     async def connect(
@@ -73,34 +216,54 @@ class Client:
         port: int | None = None,
         *,
         timeout: float = 5.0,
+        retry_for: float = 0.0,
         **options: Any,
     ) -> Client:
-        """Connect and wait for the server's ``hello``."""
+        """Connect and wait for the server's ``hello``.
+
+        ``retry_for`` > 0 keeps retrying a refused connection for that many seconds
+        (for a daemon that is still starting). ``options`` go to ``websockets``' connect.
+        """
         host, port = default_address(host, port)
-        bracketed = f"[{host}]" if ":" in host else host
-        url = f"ws://{bracketed}:{port}"
-        try:
-            connection = await asyncio.wait_for(
-                connect(url, compression=None, max_size=2**26, **options), timeout
-            )
-        except (OSError, asyncio.TimeoutError) as exc:
-            raise DaemonNotRunning(
-                f"no ttsd daemon answers at {url} ({exc.__class__.__name__}: {exc}); "
-                "start it with `ttsd serve` or `systemctl --user start tts.socket`"
-            ) from None
-        except InvalidStatus as exc:
-            raise ClientError(f"{url} refused the connection: {exc}") from None
-        except InvalidHandshake as exc:
-            raise ClientError(f"{url} is not a ttsd daemon: {exc}") from None
-        client = cls(connection, url)
-        try:
-            client.hello = json.loads(await asyncio.wait_for(connection.recv(), timeout))
-        except (ConnectionClosed, asyncio.TimeoutError, ValueError) as exc:
-            await connection.close()
-            raise ClientError(f"{url} sent no hello: {exc}") from None
-        client.messages.append((time.monotonic(), client.hello))
-        client._reader = asyncio.create_task(client._read())
+        url = url_of(host, port)
+        connection, hello = await cls._open(url, timeout, retry_for, options)
+        client = cls(connection, url, timeout=timeout, options=options)
+        client._start(hello)
         return client
+
+    def _start(self, hello: dict[str, Any]) -> None:
+        self.hello = hello
+        self.close_code, self.close_reason = None, ""
+        self.messages.append((time.monotonic(), hello))
+        self._reader = asyncio.create_task(self._read(self.connection))
+
+    async def reconnect(self, *, retry_for: float = 10.0) -> None:
+        """Open a new connection to the same daemon address (closing the old one).
+
+        Requests in flight on the old connection fail with :class:`ConnectionLost`.
+        Events not yet read stay readable; events sent while disconnected are lost
+        (ask for ``status`` to catch up).
+        """
+        await self.close()
+        connection, hello = await self._open(self.url, self._timeout, retry_for, self._options)
+        self.connection = connection
+        self.reconnects += 1
+        # Drop the end-of-connection marker so events flow again.
+        kept = [e for e in self._drain_events() if e is not None]
+        for event in kept:
+            self._events.put_nowait(event)
+        self._start(hello)
+
+    def _drain_events(self) -> list[dict[str, Any] | None]:
+        drained = []
+        while not self._events.empty():
+            drained.append(self._events.get_nowait())
+        return drained
+
+    @property
+    def closed(self) -> bool:
+        """True once the current connection has closed (for any reason)."""
+        return self._reader is None or self._reader.done()
 
     async def __aenter__(self) -> Client:
         return self
@@ -114,10 +277,29 @@ class Client:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
 
-    async def _read(self) -> None:
+    async def wait_closed(self, timeout: float | None = None) -> int | None:
+        """Wait until the server closes the connection; return the close code."""
+        if self._reader is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._reader), timeout)
+            except asyncio.TimeoutError:
+                raise RequestTimeout(f"the connection stayed open for {timeout} s") from None
+        return self.close_code
+
+    # --- Receiving -------------------------------------------------------------------
+
+    async def _read(self, connection: ClientConnection) -> None:
         try:
-            async for frame in self.connection:
-                message = json.loads(frame)
+            async for frame in connection:
+                try:
+                    message = json.loads(frame)
+                    if not isinstance(message, dict):
+                        raise ValueError("not a JSON object")
+                except ValueError as exc:
+                    # A peer that breaks the protocol cannot be trusted with more requests.
+                    self.close_reason = f"the server sent an invalid message ({exc})"
+                    await connection.close(1002, "invalid message")
+                    break
                 self.messages.append((time.monotonic(), message))
                 future = self._pending.pop(message.get("id"), None)  # type: ignore[arg-type]
                 if future is not None and not future.done():
@@ -127,42 +309,24 @@ class Client:
         except ConnectionClosed:
             pass
         finally:
-            self.close_code = self.connection.close_code
-            closed = ClientError(f"connection closed ({self.close_code})")
-            for future in self._pending.values():
+            self.close_code = connection.close_code
+            if not self.close_reason:
+                self.close_reason = connection.close_reason or ""
+            for request_id, future in list(self._pending.items()):
                 if not future.done():
-                    future.set_exception(closed)
+                    future.set_exception(ConnectionLost(self.close_code, self.close_reason))
+                self._pending.pop(request_id, None)
             self._events.put_nowait(None)
 
-    async def send_raw(self, frame: str | bytes) -> None:
-        """Send a frame as is (for tests of bad input)."""
-        await self.connection.send(frame)
-
-    async def request(self, kind: str, *, timeout: float = 10.0, **fields: Any) -> dict[str, Any]:
-        """Send a request, return its reply; raise :class:`RequestFailed` on ``error``."""
-        request_id = next(self._ids)
-        future = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = future
-        try:
-            await self.connection.send(json.dumps({"type": kind, "id": request_id, **fields}))
-        except ConnectionClosed as exc:
-            self._pending.pop(request_id, None)
-            raise ClientError(f"connection closed ({exc})") from None
-        reply = await asyncio.wait_for(future, timeout)
-        if reply.get("type") == "error":
-            raise RequestFailed(reply)
-        return reply
-
-    async def speak(self, text: str, **fields: Any) -> dict[str, Any]:
-        """Queue ``text``; return the ``queued`` reply (with ``job``)."""
-        return await self.request("speak", text=text, **fields)
-
     async def next_event(self, timeout: float | None = None) -> dict[str, Any]:
-        """The next event; raise :class:`ClientError` once the connection is closed."""
-        event = await asyncio.wait_for(self._events.get(), timeout)
+        """The next event; raise :class:`ConnectionLost` once the connection is closed."""
+        try:
+            event = await asyncio.wait_for(self._events.get(), timeout)
+        except asyncio.TimeoutError:
+            raise RequestTimeout(f"no event within {timeout} s") from None
         if event is None:
             self._events.put_nowait(None)  # stay closed for later callers
-            raise ClientError(f"connection closed ({self.close_code})")
+            raise ConnectionLost(self.close_code, self.close_reason)
         return event
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
@@ -170,7 +334,7 @@ class Client:
         while True:
             try:
                 yield await self.next_event()
-            except ClientError:
+            except ConnectionLost:
                 return
 
     async def wait_for_job(self, job: int, timeout: float | None = None) -> dict[str, Any]:
@@ -186,8 +350,77 @@ class Client:
                 if event.get("job") == job and event.get("type") in TERMINAL_EVENTS:
                     return event
 
-        return await asyncio.wait_for(wait(), timeout)
+        try:
+            return await asyncio.wait_for(wait(), timeout)
+        except asyncio.TimeoutError:
+            raise RequestTimeout(f"job {job} did not end within {timeout} s") from None
 
     def job_events(self, job: int) -> list[dict[str, Any]]:
         """Every message received so far about ``job``, in order."""
         return [m for _, m in self.messages if m.get("job") == job]
+
+    # --- Requests --------------------------------------------------------------------
+
+    async def send_raw(self, frame: str | bytes) -> None:
+        """Send a frame as is (for tests of bad input)."""
+        await self.connection.send(frame)
+
+    async def request(
+        self, kind: str, *, timeout: float | None = 10.0, **fields: Any
+    ) -> dict[str, Any]:
+        """Send a request, return its reply; raise :class:`RequestFailed` on ``error``."""
+        if self.closed:
+            raise ConnectionLost(self.close_code, self.close_reason)
+        request_id = next(self._ids)
+        future = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        try:
+            await self.connection.send(json.dumps({"type": kind, "id": request_id, **fields}))
+        except ConnectionClosed as exc:
+            self._pending.pop(request_id, None)
+            raise ConnectionLost(exc.rcvd.code if exc.rcvd else None) from None
+        try:
+            reply = await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            raise RequestTimeout(f"no reply to {kind} within {timeout} s") from None
+        finally:
+            self._pending.pop(request_id, None)
+        if reply.get("type") == "error":
+            raise RequestFailed(reply)
+        return reply
+
+    async def speak(self, text: str, **fields: Any) -> dict[str, Any]:
+        """Queue ``text``; return the ``queued`` reply (with ``job`` and ``position``).
+
+        ``fields`` may hold ``voice``, ``volume`` (0.0-1.0) and ``options`` (a dict).
+        """
+        return await self.request("speak", text=text, **fields)
+
+    async def synthesize(self, text: str, *, timeout: float | None = None, **fields: Any) -> Audio:
+        """Have the daemon make the audio for ``text`` and send it back (nothing plays)."""
+        return Audio.from_reply(
+            await self.request("synthesize", timeout=timeout, text=text, **fields)
+        )
+
+    async def abort_current(self) -> list[int]:
+        """Abort the playing job; return the ids aborted ([] if nothing was playing)."""
+        return list((await self.request("abort_current"))["aborted"])
+
+    async def abort_all(self) -> list[int]:
+        """Abort the playing job and every queued one; return their ids."""
+        return list((await self.request("abort_all"))["aborted"])
+
+    async def abort(self, job: int) -> list[int]:
+        """Abort one job; [] if it had already ended (``unknown_job`` if it never existed)."""
+        return list((await self.request("abort", job=job))["aborted"])
+
+    async def status(self) -> dict[str, Any]:
+        return await self.request("status")
+
+    async def voices(self) -> list[str]:
+        return list((await self.request("voices"))["voices"])
+
+    async def terminate(self, timeout: float | None = 15.0) -> int | None:
+        """Ask the daemon to shut down; return the close code once it has closed."""
+        await self.request("terminate")
+        return await self.wait_closed(timeout)
