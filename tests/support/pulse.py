@@ -99,8 +99,9 @@ class PulseServer:
 class Recorder:
     """Records the null sink's monitor with ``parec`` and maps samples to wall time."""
 
-    def __init__(self, pulse: PulseServer) -> None:
+    def __init__(self, pulse: PulseServer, device: str = "null.monitor") -> None:
         self.pulse = pulse
+        self.device = device
         self.rate = pulse.rate
         self._data = bytearray()
         self._anchor = float("inf")  # monotonic time of sample 0, best estimate
@@ -114,7 +115,7 @@ class Recorder:
         self._process = subprocess.Popen(
             [
                 "parec",
-                "--device=null.monitor",
+                f"--device={self.device}",
                 "--raw",
                 "--format=s16le",
                 "--channels=1",
