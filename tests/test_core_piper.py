@@ -66,7 +66,10 @@ async def test_stream_is_labelled_and_per_job_volume_applies(
     async with await Client.connect("127.0.0.1", daemon.port) as client:
         job = (await client.speak(LONG, volume=0.5))["job"]
         await wait_started(client, job)
-        pid = (await client.request("status"))["current"]["pid"]
+        await asyncio.sleep(0.2)
+        current = (await client.request("status"))["current"]
+        pid = current["pid"]
+        assert current["sink"] == "null" and isinstance(current["sink_input"], int)
         import os
 
         os.environ["PULSE_SERVER"] = pulse.address

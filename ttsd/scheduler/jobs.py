@@ -50,6 +50,9 @@ class Job:
     pending_samples: int = 0
     #: Samples handed to the stream so far.
     played_samples: int = 0
+    #: Where PulseAudio plays the job (found once the stream has started).
+    sink: str | None = None
+    sink_input: int | None = None
 
     @property
     def generation_done(self) -> bool:

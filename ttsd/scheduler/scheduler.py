@@ -256,6 +256,8 @@ class Scheduler:
         if current is not None and self._stream is not None:
             current["underruns"] = self._stream.underruns
             current["pid"] = self._stream.pid
+            current["sink"] = self.current.sink
+            current["sink_input"] = self.current.sink_input
         return {
             "current": current,
             "queue": [{**job.describe(), "position": self.position(job)} for job in self.queue],
@@ -520,6 +522,24 @@ class Scheduler:
     async def _announce_start(self, job: Job, stream: PacatStream) -> None:
         await stream.playing.wait()
         self._announce(job)
+        if stream.pid is not None:
+            await self._check_stream(job, stream.pid)
+
+    async def _check_stream(self, job: Job, pid: int) -> None:
+        """Find the job's sink-input; put its volume right if the server changed it.
+
+        pacat asks for the job's volume when it creates the stream, but a module such as
+        stream-restore may still apply a remembered one.
+        """
+        try:
+            found = await asyncio.to_thread(self.monitor.sink_input, pid)
+            if found is not None and abs(found["volume"] - job.volume) > 0.01:
+                log.info("job %d: volume %.2f reset to %.2f", job.id, found["volume"], job.volume)
+                await asyncio.to_thread(self.monitor.set_volume, pid, job.volume)
+        except AudioUnavailable:
+            return  # the stream's own failure, if any, is reported by the player
+        if found is not None:
+            job.sink_input, job.sink = found["index"], found["sink"]
 
     def _announce(self, job: Job) -> None:
         if job.started is not None or job.state.done:
