@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,24 @@ class Config:
     """Longest text accepted in one request (characters)."""
     max_queue: int = 100
     """Most jobs waiting or playing at once."""
+    max_queue_per_client: int = 20
+    """Most jobs one connection may have waiting or playing at once."""
+    max_message_bytes: int = 1048576
+    """Largest request frame accepted; a bigger one closes the connection with 1009."""
+    max_connections: int = 100
+    """Most WebSocket connections at once; more are refused with HTTP 503."""
+    max_requests_per_second: float = 50.0
+    """Requests per second one connection may send (bursts up to the same number)."""
+    send_buffer_limit: int = 1048576
+    """Bytes of unsent events a client may fall behind by before it is dropped."""
+    allowed_origins: list[str] = dataclasses.field(default_factory=list)
+    """Browser origins (``https://example.org``) allowed to connect; empty: none."""
+    allowed_hosts: list[str] = dataclasses.field(default_factory=list)
+    """Extra ``Host`` header names accepted besides loopback and the bound address."""
+    auth: str = "none"
+    """``none`` or ``token``: whether clients must present the token."""
+    token: str = ""
+    """The token (empty: read or create ``$XDG_RUNTIME_DIR/ttsd/token``)."""
     idle_exit: float = 600.0
     """Seconds with no clients and no jobs before the daemon exits (0: never)."""
     engine_unload: float = 0.0
@@ -90,6 +109,15 @@ class Config:
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config) if f.name != "engines"}
 _LOG_LEVELS = ("debug", "info", "warning", "error")
+_AUTH_MODES = ("none", "token")
+_AT_LEAST_ONE = (
+    "max_text_length",
+    "max_queue",
+    "max_queue_per_client",
+    "max_connections",
+    "max_requests_per_second",
+)
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\s]+")
 
 
 def _convert(name: str, raw: Any, origin: str) -> Any:
@@ -97,12 +125,14 @@ def _convert(name: str, raw: Any, origin: str) -> Any:
     default = getattr(Config(), name)
     where = f"{origin}: " if origin else ""
     try:
-        if isinstance(default, bool):
+        if isinstance(default, list):
+            value: Any = _string_list(raw)
+        elif isinstance(default, bool):
             raise AssertionError("no boolean settings")
-        if isinstance(default, int):
+        elif isinstance(default, int):
             if isinstance(raw, bool | float):
                 raise ValueError
-            value: Any = int(raw)
+            value = int(raw)
         elif isinstance(default, float):
             if isinstance(raw, bool):
                 raise ValueError
@@ -113,10 +143,19 @@ def _convert(name: str, raw: Any, origin: str) -> Any:
             value = raw
     except (TypeError, ValueError):
         kind = type(default).__name__.replace("int", "an integer").replace("float", "a number")
-        kind = "a string" if kind == "str" else kind
+        kind = {"str": "a string", "list": "a list of strings"}.get(kind, kind)
         raise ConfigError(f"{where}{name} must be {kind}, got {raw!r}") from None
     _check(name, value, where)
     return value
+
+
+def _string_list(raw: Any) -> list[str]:
+    """A TOML array of strings, or a comma-separated string (environment, flags)."""
+    if isinstance(raw, str):
+        return [item.strip() for item in raw.split(",") if item.strip()]
+    if isinstance(raw, list) and all(isinstance(item, str) for item in raw):
+        return [item.strip() for item in raw]
+    raise ValueError
 
 
 def _check(name: str, value: Any, where: str) -> None:
@@ -135,8 +174,25 @@ def _check(name: str, value: Any, where: str) -> None:
         fail("must be between 20 and 2000")
     if name == "latency_ms" and not 5 <= value <= 2000:
         fail("must be between 5 and 2000")
-    if name in ("max_text_length", "max_queue") and value < 1:
+    if name in _AT_LEAST_ONE and not value >= 1:
         fail("must be at least 1")
+    if name == "max_message_bytes" and value < 1024:
+        fail("must be at least 1024")
+    if name == "send_buffer_limit" and value < 4096:
+        fail("must be at least 4096")
+    if name == "auth" and value not in _AUTH_MODES:
+        fail(f"must be one of {', '.join(_AUTH_MODES)}")
+    if name == "token" and value and (len(value) < 16 or not value.isascii() or " " in value):
+        # never echo a secret into a log
+        raise ConfigError(f"{where}token must be at least 16 ASCII characters without spaces")
+    if name == "allowed_origins":
+        for origin in value:
+            if origin != "null" and not _ORIGIN.fullmatch(origin):
+                raise ConfigError(
+                    f"{where}{name}: {origin!r} is not an origin like https://example.org:8080"
+                )
+    if name == "allowed_hosts" and any(not h or "/" in h or " " in h for h in value):
+        fail("must be host names")
     if name in ("ahead_seconds", "idle_exit", "engine_unload") and not value >= 0:
         fail("must be zero or more")
     if name == "host" and not value:

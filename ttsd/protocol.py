@@ -24,6 +24,10 @@ TEXT_TOO_LONG = "text_too_long"
 QUEUE_FULL = "queue_full"
 BAD_OPTION = "bad_option"
 UNKNOWN_JOB = "unknown_job"
+CLIENT_QUEUE_FULL = "client_queue_full"
+RATE_LIMITED = "rate_limited"
+UNAUTHORIZED = "unauthorized"
+INTERNAL_ERROR = "internal_error"
 
 RequestId = str | int | float | None
 
@@ -53,6 +57,8 @@ class Speak(Request):
     voice: str | None = None
     volume: float | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    #: Abort the job when the connection that queued it closes.
+    cancel_on_disconnect: bool = False
 
 
 @dataclass(frozen=True)
@@ -99,9 +105,16 @@ class Ping(Request):
     pass
 
 
+@dataclass(frozen=True)
+class Auth(Request):
+    """Presents the daemon's token; the first request when ``auth = "token"``."""
+
+    token: str = ""
+
+
 # type name -> (request class, allowed fields besides "type" and "id")
 _REQUESTS: dict[str, tuple[type[Request], frozenset[str]]] = {
-    "speak": (Speak, frozenset({"text", "voice", "volume", "options"})),
+    "speak": (Speak, frozenset({"text", "voice", "volume", "options", "cancel_on_disconnect"})),
     "synthesize": (Synthesize, frozenset({"text", "voice", "options"})),
     "abort_current": (AbortCurrent, frozenset()),
     "abort_all": (AbortAll, frozenset()),
@@ -110,6 +123,7 @@ _REQUESTS: dict[str, tuple[type[Request], frozenset[str]]] = {
     "voices": (Voices, frozenset()),
     "terminate": (Terminate, frozenset()),
     "ping": (Ping, frozenset()),
+    "auth": (Auth, frozenset({"token"})),
 }
 
 REQUEST_TYPES = tuple(_REQUESTS)
@@ -137,6 +151,26 @@ def _has_control_chars(text: str) -> bool:
     return any((ord(c) < 32 and c not in "\t\n\r") or 0x7F <= ord(c) < 0xA0 for c in text)
 
 
+def _has_lone_surrogate(value: Any, depth: int = 0) -> bool:
+    """True if any string in ``value`` holds a surrogate (``"\\ud800"`` in JSON).
+
+    Such strings cannot be encoded as UTF-8, so echoing them (an ``id``, a job's text in
+    ``status``) would break the connection later instead of failing the request now.
+    """
+    if isinstance(value, str):
+        return not value.isascii() and any(0xD800 <= ord(c) <= 0xDFFF for c in value)
+    if depth > 100:
+        return False  # json.loads already bounds nesting; this only bounds the walk
+    if isinstance(value, dict):
+        return any(
+            _has_lone_surrogate(k, depth + 1) or _has_lone_surrogate(v, depth + 1)
+            for k, v in value.items()
+        )
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(v, depth + 1) for v in value)
+    return False
+
+
 def parse_request(frame: str, *, max_text_length: int) -> Request:
     """Parse one text frame into a :class:`Request` or raise :class:`ProtocolError`."""
     try:
@@ -145,6 +179,10 @@ def parse_request(frame: str, *, max_text_length: int) -> Request:
         raise ProtocolError(BAD_JSON, f"frame is not valid JSON: {exc}") from None
     if not isinstance(message, dict):
         raise ProtocolError(BAD_REQUEST, "a request must be a JSON object")
+    if _has_lone_surrogate(message):
+        raise ProtocolError(
+            BAD_REQUEST, "strings must not contain lone surrogates (\\ud800-\\udfff)"
+        )
     request_id = _request_id(message)
     if "id" in message and message["id"] is not None and request_id is None:
         raise ProtocolError(BAD_REQUEST, "id must be a string (<= 200 chars) or a number")
@@ -172,6 +210,11 @@ def parse_request(frame: str, *, max_text_length: int) -> Request:
         if isinstance(job, bool) or not isinstance(job, int) or not 0 < job < 2**53:
             raise bad("'job' must be a positive integer job id")
         return AbortJob(id=request_id, job=job)
+    if cls is Auth:
+        token = message.get("token")
+        if not isinstance(token, str) or not token or len(token) > 1000:
+            raise bad("'token' must be a non-empty string", UNAUTHORIZED)
+        return Auth(id=request_id, token=token)
     return cls(id=request_id)
 
 
@@ -198,12 +241,16 @@ def _parse_speak(
     options = message.get("options", {})
     if not isinstance(options, dict):
         raise bad("'options' must be an object", BAD_OPTION)
+    cancel = message.get("cancel_on_disconnect", False)
+    if not isinstance(cancel, bool):
+        raise bad("'cancel_on_disconnect' must be true or false")
     return Speak(
         id=request_id,
         text=text,
         voice=voice,
         volume=None if volume is None else float(volume),
         options=options,
+        cancel_on_disconnect=cancel,
     )
 
 
@@ -211,8 +258,14 @@ def _parse_speak(
 
 
 def encode(message: dict[str, Any]) -> str:
-    """Serialise a server message to the text of one frame."""
-    return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+    """Serialise a server message to the text of one frame (always valid UTF-8)."""
+    text = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a surrogate slipped in (an engine's message?)
+            text = json.dumps(message, separators=(",", ":"))
+    return text
 
 
 def with_id(message: dict[str, Any], request_id: RequestId) -> dict[str, Any]:

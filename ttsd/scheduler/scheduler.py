@@ -124,6 +124,14 @@ class Scheduler:
                 f"{self.config.max_queue} jobs are already queued; try again later",
                 request.id,
             )
+        mine = sum(1 for j in (self.current, *self.queue) if j is not None and j.client == client)
+        if mine >= self.config.max_queue_per_client:
+            raise protocol.ProtocolError(
+                protocol.CLIENT_QUEUE_FULL,
+                f"this connection already has {mine} jobs queued; the limit is "
+                f"{self.config.max_queue_per_client}",
+                request.id,
+            )
         options = request.options
         checked = self.engine is not None
         if self.engine is not None:
@@ -142,6 +150,7 @@ class Scheduler:
             volume=self.config.volume if request.volume is None else request.volume,
             client=client,
             options_checked=checked,
+            cancel_on_disconnect=request.cancel_on_disconnect,
         )
         self._next_id += 1
         self.queue.append(job)

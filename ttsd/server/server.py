@@ -2,7 +2,12 @@
 
 Sending is synchronous (``websockets``' :func:`broadcast` writes to the transport at
 once), so a reply and the events it causes reach every client in the order they
-happened: a client always sees ``queued`` before its job's ``started``.
+happened: a client always sees ``queued`` before its job's ``started``. Because nothing
+waits for a client to read, a client that stops reading only grows its own send
+buffer; once that stays over ``send_buffer_limit`` the client is dropped.
+
+Who may connect is decided in :mod:`ttsd.server.security` on the handshake; per
+connection limits (request rate, send backlog) live in :mod:`ttsd.server.limits`.
 """
 
 from __future__ import annotations
@@ -13,17 +18,37 @@ import logging
 import socket
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from websockets.asyncio.server import Server as WebSocketServer
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
+from websockets.http11 import Request, Response
 
 from ttsd import __version__, protocol
 from ttsd.config import Config
 from ttsd.scheduler import Scheduler
+from ttsd.server.limits import Backlog, RateLimiter
+from ttsd.server.security import AUTH_TIMEOUT, AccessPolicy
 
 log = logging.getLogger("ttsd.server")
+
+
+@dataclass(eq=False)
+class Peer:
+    """What the server keeps about one open connection."""
+
+    label: str
+    rate: RateLimiter
+    backlog: Backlog
+
+
+def unsent_bytes(connection: ServerConnection) -> int:
+    """Bytes written to ``connection`` that the kernel has not taken yet."""
+    transport = connection.transport
+    return 0 if transport is None else transport.get_write_buffer_size()
 
 
 class Server:
@@ -32,7 +57,11 @@ class Server:
     def __init__(self, config: Config, scheduler: Scheduler) -> None:
         self.config = config
         self.scheduler = scheduler
+        #: Connections that may make requests and receive events, with their labels.
         self.clients: dict[ServerConnection, str] = {}
+        #: Every open connection, authenticated or not.
+        self.peers: dict[ServerConnection, Peer] = {}
+        self.policy = AccessPolicy()
         self.stop_requested = asyncio.Event()
         self.last_disconnect = time.monotonic()
         self._websocket_server: WebSocketServer | None = None
@@ -42,8 +71,31 @@ class Server:
     # --- Sending -------------------------------------------------------------------
 
     def send(self, connections: Iterable[ServerConnection], message: dict[str, Any]) -> None:
-        """Write ``message`` to ``connections`` now, without waiting for them to read it."""
-        broadcast(connections, protocol.encode(message))
+        """Write ``message`` to ``connections`` now, without waiting for them to read it.
+
+        A connection that has been too far behind for too long is dropped instead.
+        """
+        keep = []
+        for connection in connections:
+            peer = self.peers.get(connection)
+            if peer is not None and peer.backlog.too_slow(unsent_bytes(connection)):
+                self.drop(connection, peer)
+            else:
+                keep.append(connection)
+        broadcast(keep, protocol.encode(message))
+
+    def drop(self, connection: ServerConnection, peer: Peer) -> None:
+        """Cut off a client that does not read its events (no closing handshake)."""
+        log.warning(
+            "%s dropped: it is not reading (%d bytes unsent, limit %d)",
+            peer.label,
+            unsent_bytes(connection),
+            self.config.send_buffer_limit,
+            extra={"CLIENT": peer.label, "EVENT": "slow_client"},
+        )
+        self.clients.pop(connection, None)
+        if connection.transport is not None:
+            connection.transport.abort()
 
     def emit(self, event: dict[str, Any]) -> None:
         """Broadcast an event to every connected client (the scheduler's ``emit``)."""
@@ -55,11 +107,18 @@ class Server:
     # --- Listening -----------------------------------------------------------------
 
     async def start(self, sock: socket.socket | None = None) -> int:
-        """Listen on ``sock`` (inherited from systemd) or bind host:port; return the port."""
+        """Listen on ``sock`` (inherited from systemd) or bind host:port; return the port.
+
+        Raises :class:`ConfigError` before listening if the address is beyond loopback
+        and no token is configured.
+        """
+        bound = [str(sock.getsockname()[0])] if sock is not None else [self.config.host]
+        self.policy = AccessPolicy.from_config(self.config, bound)
         options: dict[str, Any] = {
             "compression": None,  # events are tiny; deflate only costs latency
-            "max_size": 2**20,
+            "max_size": self.config.max_message_bytes,
             "server_header": f"ttsd/{__version__}",
+            "process_request": self.check_handshake,
         }
         if sock is not None:
             server = await serve(self.handle, sock=sock, **options)
@@ -67,8 +126,15 @@ class Server:
             server = await serve(self.handle, self.config.host, self.config.port, **options)
         self._websocket_server = server
         port = server.sockets[0].getsockname()[1]
+        if self.policy.token is not None:
+            log.info("clients must present the token (auth = token)")
         log.info("listening on port %d", port)
         return int(port)
+
+    @property
+    def listener(self) -> WebSocketServer | None:
+        """The websockets server accepting connections (None before :meth:`start`)."""
+        return self._websocket_server
 
     async def close(self) -> None:
         """Close every connection with 1001 (going away) and stop listening."""
@@ -78,34 +144,92 @@ class Server:
 
     # --- Connections ---------------------------------------------------------------
 
+    def check_handshake(self, connection: ServerConnection, request: Request) -> Response | None:
+        """``process_request`` hook: refuse before the upgrade, with an HTTP status."""
+        refusal = self.policy.check_handshake(request)
+        if refusal is None and len(self.peers) >= self.config.max_connections:
+            refusal_status, reason = 503, "too many connections; try again later"
+        elif refusal is not None:
+            refusal_status, reason = refusal.status, refusal.reason
+        else:
+            return None
+        log.warning(
+            "refused a handshake from %s: HTTP %d %s",
+            connection.remote_address,
+            refusal_status,
+            reason,
+            extra={"EVENT": "refused"},
+        )
+        return connection.respond(refusal_status, reason + "\n")
+
     async def handle(self, connection: ServerConnection) -> None:
         host, port, *_ = connection.remote_address or ("?", 0)
         label = f"client-{next(self._client_numbers)}@{host}:{port}"
-        self.clients[connection] = label
-        log.debug("%s connected", label, extra={"CLIENT": label, "EVENT": "connect"})
-        self.reply(
-            connection,
-            protocol.hello(
-                __version__,
-                client=label,
-                engine=self.scheduler.engine_info(),
-                audio=self.scheduler.audio_info(),
-            ),
+        if len(self.peers) >= self.config.max_connections:  # handshakes that raced
+            await connection.close(CloseCode.TRY_AGAIN_LATER, "too many connections")
+            return
+        peer = self.peers[connection] = Peer(
+            label,
+            RateLimiter(self.config.max_requests_per_second),
+            Backlog(self.config.send_buffer_limit),
         )
+        log.debug("%s connected", label, extra={"CLIENT": label, "EVENT": "connect"})
+        needs_token = self.policy.token is not None and not self.policy.header_token(
+            connection.request  # type: ignore[arg-type]
+        )
+        hello = protocol.hello(
+            __version__,
+            client=label,
+            engine=self.scheduler.engine_info(),
+            audio=self.scheduler.audio_info(),
+        )
+        self.reply(connection, {**hello, "auth": "required"} if needs_token else hello)
         try:
+            if needs_token and not await self.authenticate(connection, peer):
+                return
+            self.clients[connection] = label
             async for frame in connection:
                 self.handle_frame(connection, label, frame)
         except ConnectionClosed:
             pass
         finally:
-            del self.clients[connection]
-            self.last_disconnect = time.monotonic()
-            self.scheduler.abort_client_jobs(label)
+            self.peers.pop(connection, None)
+            if self.clients.pop(connection, None) is not None:
+                self.last_disconnect = time.monotonic()
+                self.scheduler.abort_client_jobs(label)
             log.debug("%s disconnected", label, extra={"CLIENT": label, "EVENT": "disconnect"})
+
+    async def authenticate(self, connection: ServerConnection, peer: Peer) -> bool:
+        """Wait for an ``auth`` request with the right token; close the connection if not."""
+        request: protocol.Request | None = None
+        rid: protocol.RequestId = None
+        try:
+            frame = await asyncio.wait_for(connection.recv(), AUTH_TIMEOUT)
+            if isinstance(frame, str):
+                request = protocol.parse_request(frame, max_text_length=1)
+                rid = request.id
+        except protocol.ProtocolError as exc:
+            rid = exc.request_id
+        except asyncio.TimeoutError:
+            pass
+        if isinstance(request, protocol.Auth) and self.policy.token_matches(request.token):
+            self.reply(connection, protocol.ok_reply(rid, authenticated=True))
+            return True
+        log.warning("%s refused: no valid token", peer.label, extra={"CLIENT": peer.label})
+        message = 'send {"type": "auth", "token": ...} first, with the right token'
+        self.reply(connection, protocol.error_reply(protocol.UNAUTHORIZED, message, rid))
+        await connection.close(CloseCode.POLICY_VIOLATION, "unauthorized")
+        return False
 
     def handle_frame(self, connection: ServerConnection, label: str, frame: str | bytes) -> None:
         """Answer one frame with exactly one reply."""
         try:
+            peer = self.peers.get(connection)
+            if peer is not None and not peer.rate.allow():
+                raise protocol.ProtocolError(
+                    protocol.RATE_LIMITED,
+                    f"more than {self.config.max_requests_per_second:g} requests per second",
+                )
             if isinstance(frame, bytes):
                 raise protocol.ProtocolError(
                     protocol.BAD_REQUEST, "binary frames are not supported; send JSON text"
@@ -121,6 +245,9 @@ class Server:
                 extra={"CLIENT": label, "EVENT": "protocol_error"},
             )
             reply = protocol.error_reply(exc.code, exc.message, exc.request_id)
+        except Exception as exc:  # a bug must cost one request, not the connection
+            log.exception("%s: request failed", label, extra={"CLIENT": label})
+            reply = protocol.error_reply(protocol.INTERNAL_ERROR, f"internal error: {exc!r}")
         if reply is not None:
             self.reply(connection, reply)
 
@@ -175,6 +302,10 @@ class Server:
                 return protocol.with_id({"type": "voices", "voices": scheduler.voices()}, rid)
             case protocol.Ping():
                 return protocol.with_id({"type": "pong"}, rid)
+            case protocol.Auth(token=token):
+                if not self.policy.token_matches(token):
+                    raise protocol.ProtocolError(protocol.UNAUTHORIZED, "wrong token", rid)
+                return protocol.ok_reply(rid, authenticated=True)
             case protocol.Terminate():
                 log.info("terminate requested by %s", label)
                 aborted = scheduler.abort_all("terminate")

@@ -1,0 +1,208 @@
+"""Who may connect: Origin allowlist, Host check, token, loopback-only listening."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from tests.conftest import TONE
+from tests.wsraw import RawSocket
+from ttsd.client import Client, ClientError, RequestFailed
+
+GOOD_ORIGIN = "http://good.example:8000"
+
+
+async def status_code_of(port: int, **options) -> int:
+    try:
+        async with connect(f"ws://127.0.0.1:{port}", **options):
+            return 101
+    except InvalidStatus as exc:
+        return exc.response.status_code
+
+
+async def test_foreign_origin_is_refused_with_403_and_queues_nothing(daemon) -> None:
+    raw = RawSocket(daemon.port)
+    status, response = raw.handshake("Origin: https://evil.example")
+    raw.close()
+    assert status == 403
+    assert "origin 'https://evil.example' is not allowed" in response
+    assert await status_code_of(daemon.port, origin="http://localhost:3000") == 403
+    assert await status_code_of(daemon.port, origin="null") == 403
+    async with await Client.connect("127.0.0.1", daemon.port) as client:
+        status_reply = await client.request("status")
+    assert status_reply["current"] is None and status_reply["queue"] == []
+    assert "refused a handshake" in daemon.log
+
+
+async def test_handshake_without_origin_is_accepted(client: Client) -> None:
+    reply = await client.speak("No origin here.")
+    assert reply["type"] == "queued"
+
+
+async def test_allowlisted_origin_may_connect_and_others_may_not(start_daemon) -> None:
+    daemon = start_daemon({**TONE, "allowed_origins": f"{GOOD_ORIGIN}, https://other.example"})
+    assert await status_code_of(daemon.port, origin=GOOD_ORIGIN) == 101
+    assert await status_code_of(daemon.port, origin="HTTP://GOOD.EXAMPLE:8000") == 101
+    assert await status_code_of(daemon.port, origin="http://good.example:8001") == 403
+    assert await status_code_of(daemon.port, origin="http://good.example") == 403
+
+
+def test_config_rejects_a_malformed_origin(start_daemon) -> None:
+    with pytest.raises(RuntimeError, match="daemon exited 2") as failure:
+        start_daemon({**TONE, "allowed_origins": "good.example"})
+    assert "is not an origin" in str(failure.value)
+
+
+@pytest.mark.parametrize(
+    "host,expected",
+    [
+        ("127.0.0.1:{port}", 101),
+        ("localhost:{port}", 101),
+        ("LOCALHOST", 101),
+        ("[::1]:{port}", 101),
+        ("127.0.0.5:{port}", 101),
+        ("rebind.attacker.example:{port}", 403),
+        ("localhost.attacker.example:{port}", 403),
+        ("192.168.1.20:{port}", 403),
+        (None, 101),  # HTTP/1.0-style clients; browsers always send Host
+    ],
+)
+def test_host_header_is_checked_against_dns_rebinding(daemon, host, expected) -> None:
+    raw = RawSocket(daemon.port)
+    status, _ = raw.handshake(host=None if host is None else host.format(port=daemon.port))
+    raw.close()
+    assert status == expected
+
+
+def test_two_host_headers_are_refused(daemon) -> None:
+    raw = RawSocket(daemon.port)
+    status, _ = raw.handshake("Host: evil.example", host="127.0.0.1")
+    raw.close()
+    assert status == 400
+
+
+# --- Token ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def token_daemon(start_daemon):
+    daemon = start_daemon({**TONE, "auth": "token"})
+    path = daemon.home / "ttsd" / "token"  # the fixture's XDG_RUNTIME_DIR is the home
+    return daemon, path.read_text().strip(), path
+
+
+def test_token_file_is_created_private(token_daemon) -> None:
+    _, token, path = token_daemon
+    mode = stat.S_IMODE(path.stat().st_mode)
+    assert mode == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert len(token) >= 32
+
+
+async def test_first_message_must_be_auth_with_the_token(token_daemon) -> None:
+    daemon, token, _ = token_daemon
+    async with await Client.connect("127.0.0.1", daemon.port) as client:
+        assert client.hello["auth"] == "required"
+        with pytest.raises(RequestFailed) as refused:
+            await client.speak("Let me in.")
+        assert refused.value.code == "unauthorized"
+        with pytest.raises(ClientError):
+            await client.next_event(timeout=5)
+        assert client.close_code == 1008
+
+    async with await Client.connect("127.0.0.1", daemon.port) as client:
+        with pytest.raises(RequestFailed) as refused:
+            await client.request("auth", token="x" * 43)
+        assert refused.value.code == "unauthorized"
+
+    async with await Client.connect("127.0.0.1", daemon.port) as client:
+        assert (await client.request("auth", token=token))["authenticated"] is True
+        job = (await client.speak("Now I may."))["job"]
+        assert (await client.wait_for_job(job, timeout=10))["type"] == "finished"
+
+
+async def test_unauthenticated_connections_receive_no_events(token_daemon) -> None:
+    daemon, token, _ = token_daemon
+    lurker = RawSocket(daemon.port)
+    assert lurker.handshake()[0] == 101
+    assert lurker.read_json()["auth"] == "required"
+    headers = {"Authorization": f"Bearer {token}"}
+    async with await Client.connect("127.0.0.1", daemon.port, additional_headers=headers) as c:
+        assert "auth" not in c.hello
+        job = (await c.speak("Secret words."))["job"]
+        await c.wait_for_job(job, timeout=10)
+    lurker.send_json({"type": "status", "id": 1})
+    reply = lurker.read_json()  # its first message: no event came before it
+    assert reply == {**reply, "type": "error", "code": "unauthorized", "id": 1}
+    assert lurker.read_close() == 1008
+    lurker.close()
+
+
+async def test_bearer_header_with_the_wrong_token_is_refused_with_401(token_daemon) -> None:
+    daemon, token, _ = token_daemon
+    bad = {"Authorization": "Bearer " + "y" * len(token)}
+    assert await status_code_of(daemon.port, additional_headers=bad) == 401
+    good = {"Authorization": f"Bearer {token}"}
+    assert await status_code_of(daemon.port, additional_headers=good) == 101
+
+
+async def test_token_from_config_is_used_and_no_file_is_written(start_daemon) -> None:
+    secret = "a-configured-token-0123456789"
+    daemon = start_daemon({**TONE, "auth": "token", "token": secret})
+    assert not (daemon.home / "ttsd" / "token").exists()
+    async with await Client.connect("127.0.0.1", daemon.port) as client:
+        await client.request("auth", token=secret)
+        assert (await client.request("ping"))["type"] == "pong"
+
+
+async def test_an_idle_unauthenticated_connection_cannot_speak(token_daemon) -> None:
+    daemon, _, _ = token_daemon
+    async with connect(f"ws://127.0.0.1:{daemon.port}") as ws:
+        await ws.recv()  # hello
+        await ws.send('{"type":"speak","text":"sneaky"}')
+        assert '"unauthorized"' in await ws.recv()
+        with pytest.raises(ConnectionClosed):
+            await ws.recv()
+
+
+def test_a_token_file_readable_by_others_is_refused(start_daemon, tmp_path) -> None:
+    runtime = tmp_path / "runtime"
+    (runtime / "ttsd").mkdir(parents=True)
+    path = runtime / "ttsd" / "token"
+    path.write_text("an-old-token-that-others-can-read\n")
+    os.chmod(path, 0o644)
+    with pytest.raises(RuntimeError, match="daemon exited 2") as failure:
+        start_daemon({**TONE, "auth": "token"}, env={"XDG_RUNTIME_DIR": str(runtime)})
+    assert "mode 0600" in str(failure.value)
+
+
+# --- Listening beyond loopback -------------------------------------------------------
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::"])
+def test_listening_beyond_loopback_without_a_token_is_refused(start_daemon, host) -> None:
+    with pytest.raises(RuntimeError, match="daemon exited 2") as failure:
+        start_daemon({**TONE, "host": host})
+    assert "beyond loopback" in str(failure.value)
+
+
+async def test_listening_beyond_loopback_with_a_token_requires_it(start_daemon) -> None:
+    daemon = start_daemon({**TONE, "host": "0.0.0.0", "auth": "token"})
+    token = (daemon.home / "ttsd" / "token").read_text().strip()
+    # On a wildcard bind any IP literal is a fine Host; a DNS name still is not.
+    raw = RawSocket(daemon.port)
+    assert raw.handshake(host=f"10.1.2.3:{daemon.port}")[0] == 101
+    raw.close()
+    raw = RawSocket(daemon.port)
+    assert raw.handshake(host=f"rebind.example:{daemon.port}")[0] == 403
+    raw.close()
+    async with await Client.connect("127.0.0.1", daemon.port) as client:
+        with pytest.raises(RequestFailed):
+            await client.request("status")
+    async with await Client.connect("127.0.0.1", daemon.port) as client:
+        await client.request("auth", token=token)
+        assert (await client.request("status"))["type"] == "status"
