@@ -397,7 +397,11 @@ class Scheduler:
                 continue
             if not await self._ensure_engine():
                 continue  # _load_engine failed the waiting jobs
-            await self._generate_chunk(job)
+            try:
+                await self._generate_chunk(job)
+            except Exception as exc:  # a bug here must cost one job, not all speech
+                log.exception("generator failed on job %d", job.id)
+                self._fail(job, "internal_error", f"internal error: {exc!r}")
 
     async def _idle_until_woken(self) -> None:
         timeout = None
