@@ -2,14 +2,22 @@
 
 ``run`` is what ``ttsd serve`` calls. It listens on an inherited socket when one is
 given (systemd socket activation) or binds ``host:port`` itself, and stops cleanly on
-``terminate``, SIGTERM or SIGINT: every job is aborted with reason ``terminate``,
-every connection is closed with 1001, no pacat is left behind, and it returns 0.
+``terminate``, SIGTERM or SIGINT, or after ``idle_exit`` seconds with no clients and
+no jobs: every job is aborted with reason ``terminate``, every connection is closed
+with 1001, no pacat is left behind, and it returns 0.
+
+The service manager hears ``READY=1`` as soon as connections are served (the model
+may still be loading: clients see that in ``hello``/``status`` and their jobs wait),
+``STATUS=`` whenever what the daemon is doing changes, and ``STOPPING=1`` first
+thing on the way out.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
 import socket
 import sys
@@ -21,6 +29,9 @@ from ttsd.config import Config, ConfigError, load_config
 from ttsd.engines import Engine, create_engine, resolve_auto
 from ttsd.scheduler import Scheduler
 from ttsd.server.server import Server
+from ttsd.systemd.activation import ActivationError, inherited_socket
+from ttsd.systemd.journal import setup_logging
+from ttsd.systemd.notify import SdNotifier
 
 log = logging.getLogger("ttsd")
 
@@ -77,13 +88,20 @@ def describe_activity(scheduler: Scheduler) -> str:
     return text
 
 
+#: How often the daemon looks at its state (STATUS= refresh, idle exit).
+TICK = 0.25
+
+#: How long a closing listener waits for connections it accepted to show up.
+SETTLE = 0.1
+
+
 async def run(
     config: Config,
     *,
     sock: socket.socket | None = None,
     notifier: Notifier | None = None,
     make_engine: Callable[[], Engine] | None = None,
-    idle_check_interval: float = 1.0,
+    tick: float = TICK,
 ) -> int:
     """Serve until stopped; return the process exit status."""
     notifier = notifier or NullNotifier()
@@ -91,84 +109,137 @@ async def run(
     server: Server | None = None
     last_status = ""
 
-    def emit(event: dict[str, Any]) -> None:
+    def refresh_status() -> None:
         nonlocal last_status
-        if server is not None:
-            server.emit(event)
         text = describe_activity(scheduler)
         if text != last_status:
             last_status = text
             notifier.status(text)
+
+    def emit(event: dict[str, Any]) -> None:
+        if server is not None:
+            server.emit(event)
+        refresh_status()
 
     scheduler = Scheduler(config, make_engine or engine_factory(config), emit)
     server = Server(config, scheduler)
     await scheduler.start()
     await server.start(sock)
     notifier.ready()
-    notifier.status(describe_activity(scheduler))
+    refresh_status()
 
+    reason: list[str] = []
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, _on_signal, server, signum)
+        loop.add_signal_handler(signum, _on_signal, server, signum, reason)
+    idle = IdleExit(server, scheduler, config.idle_exit)
     try:
-        await _wait_for_stop(config, server, scheduler, idle_check_interval)
+        while not server.stop_requested.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(server.stop_requested.wait(), tick)
+            refresh_status()
+            if idle.due() and await idle.confirm():
+                reason.append("idle")
+                break
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
     notifier.stopping()
-    notifier.status("stopping")
+    notifier.status(f"stopping ({reason[0] if reason else 'terminate'})")
     await scheduler.close("terminate")
     await server.close()
+    await idle.close()
     log.info("stopped")
     return 0
 
 
-def _on_signal(server: Server, signum: int) -> None:
-    log.info("received %s, shutting down", signal.Signals(signum).name)
+def _on_signal(server: Server, signum: int, reason: list[str]) -> None:
+    name = signal.Signals(signum).name
+    log.info("received %s, shutting down", name)
+    reason.append(name)
     server.stop_requested.set()
 
 
-async def _wait_for_stop(
-    config: Config, server: Server, scheduler: Scheduler, interval: float
-) -> None:
-    """Return when a stop is requested, or when idle exit is due."""
-    while True:
-        try:
-            await asyncio.wait_for(server.stop_requested.wait(), interval)
-            return
-        except asyncio.TimeoutError:
-            pass
-        if config.idle_exit > 0 and _idle_for(server, scheduler) >= config.idle_exit:
-            log.info("idle for %.0f s, exiting", config.idle_exit)
-            return
+class IdleExit:
+    """Decides that the daemon has been idle long enough, without losing a client.
 
+    A client may connect just as the daemon decides to exit. So exiting goes: stop
+    accepting (the listening socket stays open: under systemd, connections that
+    arrive now wait in its backlog for the next start), give connections accepted a
+    moment earlier time to show up, and look again. If someone did slip in, the
+    daemon listens again and stays.
+    """
 
-def _idle_for(server: Server, scheduler: Scheduler) -> float:
-    if server.clients or scheduler.busy:
-        return 0.0
-    return time.monotonic() - max(server.last_disconnect, scheduler.last_activity)
+    def __init__(self, server: Server, scheduler: Scheduler, seconds: float) -> None:
+        self.server = server
+        self.scheduler = scheduler
+        self.seconds = seconds
+        self._retired: list[Any] = []  # listeners replaced after an exit was called off
 
+    def idle_for(self) -> float:
+        """Seconds since the last client left or the last job ended (0 while busy)."""
+        if self.server.clients or self.scheduler.busy:
+            return 0.0
+        last = max(self.server.last_disconnect, self.scheduler.last_activity)
+        return time.monotonic() - last
 
-def setup_logging(config: Config) -> None:
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    def due(self) -> bool:
+        return self.seconds > 0 and self.idle_for() >= self.seconds
+
+    def _nobody(self, listener: Any) -> bool:
+        handling = any(not task.done() for task in listener.handler_tasks)
+        return not handling and not self.server.clients and not self.scheduler.busy
+
+    async def confirm(self, settle: float = SETTLE) -> bool:
+        """Stop accepting and re-check; True if the daemon should exit now."""
+        listener = self.server.listener
+        if listener is None:
+            return True
+        # A duplicate keeps the socket open while the listener closes its own fd.
+        spare = socket.socket(fileno=os.dup(listener.sockets[0].fileno()))
+        listener.server.close()
+        await asyncio.sleep(settle)
+        if self._nobody(listener):
+            spare.close()
+            log.info("idle for %.0f s, exiting", self.seconds)
+            return True
+        log.info("a client connected while exiting idle; staying up")
+        self._retired.append(listener)
+        await self.server.start(spare)
+        return False
+
+    async def close(self) -> None:
+        """Close the connections of listeners that were replaced."""
+        for listener in self._retired:
+            listener.close(close_connections=True)
+            await listener.wait_closed()
 
 
 def main(overrides: dict[str, Any] | None = None) -> int:
-    """``ttsd serve``: load the config, set up logging, run; return the exit status."""
+    """``ttsd serve``: load the config, set up logging, run; return the exit status.
+
+    Socket-activated, it serves the inherited socket; otherwise it binds ``host:port``.
+    """
     try:
         config = load_config(overrides=overrides)
     except ConfigError as exc:
         print(f"ttsd: {exc}", file=sys.stderr)
         return 2
-    setup_logging(config)
+    setup_logging(config.log_level)
     try:
-        return asyncio.run(run(config))
-    except ConfigError as exc:
-        print(f"ttsd: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
+        sock = inherited_socket()
+    except ActivationError as exc:
         log.error("cannot serve: %s", exc)
         return 1
+    notifier = SdNotifier()
+    try:
+        return asyncio.run(run(config, sock=sock, notifier=notifier))
+    except ConfigError as exc:
+        notifier.status(f"failed: {exc}")
+        log.error("%s", exc)
+        return 2
+    except OSError as exc:
+        notifier.status(f"failed: cannot serve: {exc}")
+        log.error("cannot serve: %s", exc)
+        return 1
+    finally:
+        notifier.close()
