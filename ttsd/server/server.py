@@ -136,6 +136,11 @@ class Server:
         """The websockets server accepting connections (None before :meth:`start`)."""
         return self._websocket_server
 
+    @property
+    def listener(self) -> WebSocketServer | None:
+        """The websockets server accepting connections (None before :meth:`start`)."""
+        return self._websocket_server
+
     async def close(self) -> None:
         """Close every connection with 1001 (going away) and stop listening."""
         if self._websocket_server is not None:
