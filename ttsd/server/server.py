@@ -228,6 +228,7 @@ class Server:
 
     def handle_frame(self, connection: ServerConnection, label: str, frame: str | bytes) -> None:
         """Answer one frame with exactly one reply."""
+        request: protocol.Request | None = None
         try:
             peer = self.peers.get(connection)
             if peer is not None and not peer.rate.allow():
@@ -249,7 +250,10 @@ class Server:
                 exc.message,
                 extra={"CLIENT": label, "EVENT": "protocol_error"},
             )
-            reply = protocol.error_reply(exc.code, exc.message, exc.request_id)
+            # Errors raised past parsing (unknown_job, shutting_down) may not carry the
+            # id; the reply must still echo it or the client never matches it.
+            rid = exc.request_id if exc.request_id is not None or request is None else request.id
+            reply = protocol.error_reply(exc.code, exc.message, rid)
         except Exception as exc:  # a bug must cost one request, not the connection
             log.exception("%s: request failed", label, extra={"CLIENT": label})
             reply = protocol.error_reply(protocol.INTERNAL_ERROR, f"internal error: {exc!r}")
