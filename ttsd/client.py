@@ -169,6 +169,9 @@ class Client:
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._ids = itertools.count(1)
         self._reader: asyncio.Task[None] | None = None
+        # Index in ``messages`` of the current connection's hello: job ids are per
+        # daemon run, so after a reconnect older messages may name other jobs.
+        self._first_message = 0
         self.close_code: int | None = None
         self.close_reason = ""
 
@@ -234,6 +237,7 @@ class Client:
     def _start(self, hello: dict[str, Any]) -> None:
         self.hello = hello
         self.close_code, self.close_reason = None, ""
+        self._first_message = len(self.messages)
         self.messages.append((time.monotonic(), hello))
         self._reader = asyncio.create_task(self._read(self.connection))
 
@@ -241,24 +245,21 @@ class Client:
         """Open a new connection to the same daemon address (closing the old one).
 
         Requests in flight on the old connection fail with :class:`ConnectionLost`.
-        Events not yet read stay readable; events sent while disconnected are lost
-        (ask for ``status`` to catch up).
+        Events sent while disconnected are lost (ask for ``status`` to catch up), and
+        unread events of the old connection are dropped: a restarted daemon numbers
+        its jobs from 1 again, so they could be mistaken for new ones. For the same
+        reason :meth:`wait_for_job` and :meth:`job_events` look only at messages of
+        the current connection; :attr:`messages` keeps everything.
         """
         await self.close()
         connection, hello = await self._open(self.url, self._timeout, retry_for, self._options)
         self.connection = connection
         self.reconnects += 1
-        # Drop the end-of-connection marker so events flow again.
-        kept = [e for e in self._drain_events() if e is not None]
-        for event in kept:
-            self._events.put_nowait(event)
+        self._events = asyncio.Queue()
         self._start(hello)
 
-    def _drain_events(self) -> list[dict[str, Any] | None]:
-        drained = []
-        while not self._events.empty():
-            drained.append(self._events.get_nowait())
-        return drained
+    def _current_messages(self) -> list[dict[str, Any]]:
+        return [m for _, m in self.messages[self._first_message :]]
 
     @property
     def closed(self) -> bool:
@@ -339,7 +340,7 @@ class Client:
 
     async def wait_for_job(self, job: int, timeout: float | None = None) -> dict[str, Any]:
         """Wait for ``job``'s terminal event (``finished``, ``aborted`` or ``error``)."""
-        for _, message in self.messages:
+        for message in self._current_messages():
             terminal = message.get("type") in TERMINAL_EVENTS and "id" not in message
             if terminal and message.get("job") == job:
                 return message
@@ -356,8 +357,8 @@ class Client:
             raise RequestTimeout(f"job {job} did not end within {timeout} s") from None
 
     def job_events(self, job: int) -> list[dict[str, Any]]:
-        """Every message received so far about ``job``, in order."""
-        return [m for _, m in self.messages if m.get("job") == job]
+        """Every message received so far about ``job`` on this connection, in order."""
+        return [m for m in self._current_messages() if m.get("job") == job]
 
     # --- Requests --------------------------------------------------------------------
 
