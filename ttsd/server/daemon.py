@@ -108,9 +108,12 @@ async def run(
     loop = asyncio.get_running_loop()
     server: Server | None = None
     last_status = ""
+    stopping = False
 
     def refresh_status() -> None:
         nonlocal last_status
+        if stopping:
+            return  # "stopping" stays the last word while the jobs are aborted
         text = describe_activity(scheduler)
         if text != last_status:
             last_status = text
@@ -143,6 +146,7 @@ async def run(
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+    stopping = True
     notifier.stopping()
     notifier.status(f"stopping ({reason[0] if reason else 'terminate'})")
     await scheduler.close("terminate")
@@ -200,7 +204,7 @@ class IdleExit:
         await asyncio.sleep(settle)
         if self._nobody(listener):
             spare.close()
-            log.info("idle for %.0f s, exiting", self.seconds)
+            log.info("idle for %g s, exiting", self.seconds)
             return True
         log.info("a client connected while exiting idle; staying up")
         self._retired.append(listener)

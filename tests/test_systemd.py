@@ -1,0 +1,410 @@
+"""The daemon as systemd runs it: socket activation, sd_notify, idle exit, the units.
+
+The daemon runs under ``systemd-socket-activate``, which holds the listening socket
+and execs the daemon on the first connection (so its pid is the daemon's). The test
+binds the ``NOTIFY_SOCKET`` datagram socket itself and reads what the daemon tells
+the service manager. No systemd manager is involved or started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.daemon import write_config
+from tests.support.pulse import PulseServer, Recorder, find_exact
+from ttsd.client import Client
+from ttsd.engines.tone import ToneEngine
+
+REPO = Path(__file__).resolve().parent.parent
+UNITS = REPO / "systemd"
+TTSD = Path(sys.executable).parent / "ttsd"
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("systemd-socket-activate") is None, reason="needs systemd-socket-activate"
+)
+
+
+class NotifyListener:
+    """The service manager's end of sd_notify: a datagram socket the daemon writes to."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.messages: list[tuple[float, str]] = []
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._socket.bind(str(path))
+        self._socket.settimeout(0.2)
+        self._running = True
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while self._running:
+            try:
+                data = self._socket.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            now = time.monotonic()
+            self.messages += [(now, line) for line in data.decode().splitlines()]
+
+    def lines(self) -> list[str]:
+        return [line for _, line in self.messages]
+
+    def statuses(self) -> list[str]:
+        return [line.removeprefix("STATUS=") for line in self.lines() if line.startswith("STATUS=")]
+
+    def wait_for(self, predicate: Callable[[str], bool], timeout: float = 10.0) -> float:
+        """Wait for a line matching ``predicate``; return when it arrived."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for moment, line in list(self.messages):
+                if predicate(line):
+                    return moment
+            time.sleep(0.01)
+        raise AssertionError(f"no such notification within {timeout} s; got {self.lines()}")
+
+    def close(self) -> None:
+        self._running = False
+        self._socket.close()
+        self._thread.join(2)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Activated:
+    """``systemd-socket-activate -l 127.0.0.1:PORT -E ... python -m ttsd serve``."""
+
+    def __init__(self, home: Path, pulse: PulseServer, settings: dict[str, Any]) -> None:
+        home.mkdir(parents=True, exist_ok=True)
+        self.home = home
+        self.notify = NotifyListener(home / "notify")
+        self.port = free_port()
+        config = write_config(home / "config.toml", settings)
+        env = {
+            "NOTIFY_SOCKET": str(self.notify.path),
+            "HOME": str(home),
+            "XDG_RUNTIME_DIR": str(home),
+            "XDG_CONFIG_HOME": str(home / "config"),
+            "XDG_CACHE_HOME": str(home / "cache"),
+            "TTS_CONFIG": str(config),
+            **pulse.env(),
+        }
+        command = ["systemd-socket-activate", "-l", f"127.0.0.1:{self.port}"]
+        for name, value in env.items():
+            command += ["-E", f"{name}={value}"]
+        command += [sys.executable, "-m", "ttsd", "serve"]
+        self.lines: list[str] = []
+        self.process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.wait_for_line(re.compile(r"Listening on 127\.0\.0\.1:\d+ as 3"))
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for_line(self, pattern: re.Pattern[str], timeout: float = 10.0) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if match := pattern.search(line):
+                    return match
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.01)
+        raise AssertionError(f"no line matching {pattern.pattern!r}:\n{self.log}")
+
+    def started(self) -> bool:
+        return any("Execing" in line for line in self.lines)
+
+    def wait(self, timeout: float = 15.0) -> int:
+        code = self.process.wait(timeout)
+        self._reader.join(5)
+        return code
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.notify.close()
+
+
+@pytest.fixture
+def activate(tmp_path: Path, pulse: PulseServer) -> Iterator[Callable[..., Activated]]:
+    started: list[Activated] = []
+
+    def start(**settings: Any) -> Activated:
+        settings = {"engine": "tone", "tone": {"ms_per_char": 20.0}, **settings}
+        daemon = Activated(tmp_path / f"activated{len(started)}", pulse, settings)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.stop()
+
+
+async def test_first_connection_starts_it_ready_status_while_speaking_stopping_on_terminate(
+    activate: Callable[..., Activated], recorder: Recorder
+) -> None:
+    daemon = activate()
+    await asyncio.sleep(0.5)
+    assert not daemon.started() and daemon.notify.lines() == [], "started before a connection"
+
+    async with await Client.connect("127.0.0.1", daemon.port) as client:
+        ready_at = daemon.notify.wait_for(lambda line: line == "READY=1")
+        match = daemon.wait_for_line(re.compile(r"listening on port (\d+)"))
+        assert int(match.group(1)) == daemon.port  # the inherited socket, not a new one
+
+        text = "Speaking through the socket unit."
+        reply = await client.speak(text)
+        job = reply["job"]
+        daemon.notify.wait_for(lambda line: line == f"STATUS=speaking job {job}")
+        end = await client.wait_for_job(job, timeout=15)
+        assert end["type"] == "finished"
+        daemon.notify.wait_for(lambda line: line == "STATUS=idle" and _after(daemon, job))
+
+        expected = ToneEngine(ms_per_char=20.0).synthesize(text, None, {})
+        assert find_exact(recorder.samples(), expected) is not None, "the job was not heard"
+
+        reply = await client.request("terminate")
+        assert reply["type"] == "ok"
+        stopping_at = daemon.notify.wait_for(lambda line: line == "STOPPING=1")
+    assert daemon.wait() == 0
+    assert stopping_at > ready_at
+    lines = daemon.notify.lines()
+    assert lines.count("READY=1") == 1 and lines.count("STOPPING=1") == 1
+    assert lines.index("READY=1") < lines.index(f"STATUS=speaking job {job}")
+    assert lines.index("STOPPING=1") > lines.index(f"STATUS=speaking job {job}")
+    assert lines[-1] == "STATUS=stopping (terminate)"
+
+
+def _after(daemon: Activated, job: int) -> bool:
+    """True once an ``idle`` status has been sent after ``speaking job N``."""
+    statuses = daemon.notify.statuses()
+    speaking = f"speaking job {job}"
+    return speaking in statuses and "idle" in statuses[statuses.index(speaking) :]
+
+
+async def test_queue_length_shows_in_status(activate: Callable[..., Activated]) -> None:
+    daemon = activate()
+    async with await Client.connect("127.0.0.1", daemon.port) as client:
+        first = (await client.speak("one two three four five six seven eight nine ten."))["job"]
+        await client.speak("Second.")
+        await client.speak("Third.")
+        daemon.notify.wait_for(lambda line: line == f"STATUS=speaking job {first}, 2 queued")
+        await client.request("abort_all")
+        daemon.notify.wait_for(lambda line: line == "STATUS=idle")
+        await client.request("terminate")
+    assert daemon.wait() == 0
+
+
+async def test_sigterm_is_a_clean_stop(activate: Callable[..., Activated]) -> None:
+    daemon = activate()
+    async with await Client.connect("127.0.0.1", daemon.port) as client:
+        daemon.notify.wait_for(lambda line: line == "READY=1")
+        await client.speak("A long sentence that is still playing when the signal comes.")
+        daemon.notify.wait_for(lambda line: line.startswith("STATUS=speaking job"))
+        daemon.process.send_signal(signal.SIGTERM)
+        daemon.notify.wait_for(lambda line: line == "STOPPING=1")
+        assert daemon.wait() == 0
+    assert daemon.notify.lines()[-1] == "STATUS=stopping (SIGTERM)"
+    assert "received SIGTERM" in daemon.log
+
+
+async def test_idle_exit_waits_for_clients_then_exits_cleanly(
+    activate: Callable[..., Activated],
+) -> None:
+    daemon = activate(idle_exit=1.0)
+    async with await Client.connect("127.0.0.1", daemon.port) as client:
+        daemon.notify.wait_for(lambda line: line == "READY=1")
+        await asyncio.sleep(2.5)  # well past idle_exit, but a client is connected
+        assert daemon.process.poll() is None, "exited while a client was connected"
+        assert "STOPPING=1" not in daemon.notify.lines()
+        assert (await client.request("ping"))["type"] == "pong"
+    left = time.monotonic()
+    stopping_at = daemon.notify.wait_for(lambda line: line == "STOPPING=1", timeout=10)
+    assert daemon.wait() == 0
+    assert 0.9 <= stopping_at - left < 6.0
+    assert daemon.notify.lines()[-1] == "STATUS=stopping (idle)"
+    assert "idle for 1 s, exiting" in daemon.log
+
+
+async def test_idle_exit_zero_never_exits(activate: Callable[..., Activated]) -> None:
+    daemon = activate(idle_exit=0)
+    async with await Client.connect("127.0.0.1", daemon.port):
+        daemon.notify.wait_for(lambda line: line == "READY=1")
+    await asyncio.sleep(2.5)
+    assert daemon.process.poll() is None
+    assert "STOPPING=1" not in daemon.notify.lines()
+
+
+async def test_connection_waiting_in_the_backlog_is_served_by_the_next_start(
+    tmp_path: Path, pulse: PulseServer
+) -> None:
+    """What systemd does after an idle exit: the socket stays open, a client connects
+    while no daemon runs, and the next daemon started on that socket serves it."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    config = write_config(tmp_path / "config.toml", {"engine": "tone", "idle_exit": 0.5})
+    notify = NotifyListener(tmp_path / "notify")
+    try:
+        first = _start_on_socket(listener, tmp_path, config, notify, pulse)
+        async with await Client.connect("127.0.0.1", port):
+            pass
+        assert first.wait(15) == 0
+        assert notify.lines().count("STOPPING=1") == 1
+
+        # Nobody is accepting now: the connection waits in the backlog.
+        connecting = asyncio.create_task(Client.connect("127.0.0.1", port, timeout=20))
+        await asyncio.sleep(0.5)
+        assert not connecting.done()
+        second = _start_on_socket(listener, tmp_path, config, notify, pulse)
+        client = await asyncio.wait_for(connecting, 15)
+        async with client:
+            assert (await client.request("ping"))["type"] == "pong"
+        assert second.wait(15) == 0
+        assert notify.lines().count("READY=1") == 2
+    finally:
+        notify.close()
+        listener.close()
+
+
+def _start_on_socket(
+    listener: socket.socket,
+    home: Path,
+    config: Path,
+    notify: NotifyListener,
+    pulse: PulseServer,
+) -> subprocess.Popen[bytes]:
+    """Start the daemon the way systemd does: the socket as fd 3, LISTEN_PID its pid."""
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(home),
+        "XDG_RUNTIME_DIR": str(home),
+        "TTS_CONFIG": str(config),
+        "NOTIFY_SOCKET": str(notify.path),
+        "LISTEN_FDS": "1",
+        **pulse.env(),
+    }
+    fd = listener.fileno()
+    # LISTEN_PID must be the daemon's own pid: set it in the process that execs it.
+    exec_daemon = (
+        f"import os, sys; os.dup2({fd}, 3); os.environ['LISTEN_PID'] = str(os.getpid()); "
+        "os.execv(sys.executable, [sys.executable, '-m', 'ttsd', 'serve'])"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", exec_daemon],
+        env=env,
+        pass_fds=(fd,),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=open(home / "daemon.log", "a"),
+    )
+
+
+def test_self_bound_path_logs_its_port_and_notifies(start_daemon: Callable[..., Any]) -> None:
+    notify_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"ttsd-notify-{os.getpid()}"
+    notify_path.unlink(missing_ok=True)
+    notify = NotifyListener(notify_path)
+    try:
+        daemon = start_daemon(env={"NOTIFY_SOCKET": str(notify_path)})
+        assert re.search(rf"listening on port {daemon.port}\b", daemon.log)
+        with socket.create_connection(("127.0.0.1", daemon.port), timeout=5):
+            pass
+        notify.wait_for(lambda line: line == "READY=1")
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0
+        notify.wait_for(lambda line: line == "STOPPING=1")
+    finally:
+        notify.close()
+        notify_path.unlink(missing_ok=True)
+
+
+def render_units(directory: Path, exec_path: Path) -> list[Path]:
+    """Copy the units into ``directory`` with ``ExecStart`` pointing at ``exec_path``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "tts.socket").write_text((UNITS / "tts.socket").read_text())
+    service = (UNITS / "tts.service").read_text()
+    service, count = re.subn(r"(?m)^ExecStart=\S+", f"ExecStart={exec_path}", service)
+    assert count == 1
+    (directory / "tts.service").write_text(service)
+    return [directory / "tts.socket", directory / "tts.service"]
+
+
+def verify_units(units: list[Path], runtime: Path) -> subprocess.CompletedProcess[str]:
+    runtime.mkdir(parents=True, exist_ok=True)
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(runtime),
+        "XDG_RUNTIME_DIR": str(runtime),
+        "SYSTEMD_LOG_LEVEL": "info",
+    }
+    return subprocess.run(
+        ["systemd-analyze", "--user", "verify", *map(str, units)],
+        env=env,
+        cwd=units[0].parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_units_pass_systemd_analyze_verify_without_warnings(tmp_path: Path) -> None:
+    assert TTSD.exists(), f"{TTSD} missing: install the package into this environment"
+    units = render_units(tmp_path / "units", TTSD)
+    result = verify_units(units, tmp_path / "runtime")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == "", result.stderr
+
+    # The check can fail: a unit with a typo is reported.
+    service = units[1].read_text().replace("Type=notify", "Type=notify\nRestartt=always")
+    units[1].write_text(service)
+    broken = verify_units(units, tmp_path / "runtime")
+    assert "Restartt" in broken.stderr
+
+
+def test_units_say_what_the_issue_asks() -> None:
+    socket_unit = (UNITS / "tts.socket").read_text()
+    service = (UNITS / "tts.service").read_text()
+    assert re.search(r"(?m)^ListenStream=127\.0\.0\.1:11500$", socket_unit)
+    assert re.search(r"(?m)^WantedBy=sockets\.target$", socket_unit)
+    for line in ("Type=notify", "Restart=on-failure", "ExecStart=%h/.local/bin/ttsd serve"):
+        assert re.search(rf"(?m)^{re.escape(line)}$", service), line
+    # Sandboxing that hides $XDG_RUNTIME_DIR or /dev would cut off audio or the GPU.
+    for breaks_audio in ("PrivateDevices=", "ProtectHome=", "PrivateUsers=", "DevicePolicy="):
+        assert breaks_audio not in service
