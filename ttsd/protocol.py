@@ -147,6 +147,17 @@ def _request_id(message: dict[str, Any]) -> RequestId:
     return None
 
 
+def peek_id(frame: str | bytes) -> RequestId:
+    """The ``id`` of a request that will not be parsed further (to echo it), or None."""
+    try:
+        message = json.loads(frame, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(message, dict) or _has_lone_surrogate(message.get("id")):
+        return None
+    return _request_id(message)
+
+
 def _has_control_chars(text: str) -> bool:
     return any((ord(c) < 32 and c not in "\t\n\r") or 0x7F <= ord(c) < 0xA0 for c in text)
 

@@ -45,6 +45,17 @@ class Peer:
     backlog: Backlog
 
 
+def limit_kernel_buffer(connection: ServerConnection, size: int) -> None:
+    """Cap the kernel's send buffer of ``connection`` at about ``size`` bytes.
+
+    Left alone, Linux grows it up to ``tcp_wmem`` (4 MiB) per connection, unseen by
+    :func:`unsent_bytes`; capped, what a non-reading client can pin stays bounded.
+    """
+    sock = connection.transport.get_extra_info("socket") if connection.transport else None
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+
+
 def unsent_bytes(connection: ServerConnection) -> int:
     """Bytes written to ``connection`` that the kernel has not taken yet."""
     transport = connection.transport
@@ -76,7 +87,7 @@ class Server:
         A connection that has been too far behind for too long is dropped instead.
         """
         keep = []
-        for connection in connections:
+        for connection in list(connections):  # drop() shrinks self.clients
             peer = self.peers.get(connection)
             if peer is not None and peer.backlog.too_slow(unsent_bytes(connection)):
                 self.drop(connection, peer)
@@ -136,11 +147,6 @@ class Server:
         """The websockets server accepting connections (None before :meth:`start`)."""
         return self._websocket_server
 
-    @property
-    def listener(self) -> WebSocketServer | None:
-        """The websockets server accepting connections (None before :meth:`start`)."""
-        return self._websocket_server
-
     async def close(self) -> None:
         """Close every connection with 1001 (going away) and stop listening."""
         if self._websocket_server is not None:
@@ -178,6 +184,7 @@ class Server:
             RateLimiter(self.config.max_requests_per_second),
             Backlog(self.config.send_buffer_limit),
         )
+        limit_kernel_buffer(connection, self.config.send_buffer_limit)
         log.debug("%s connected", label, extra={"CLIENT": label, "EVENT": "connect"})
         needs_token = self.policy.token is not None and not self.policy.header_token(
             connection.request  # type: ignore[arg-type]
@@ -235,6 +242,7 @@ class Server:
                 raise protocol.ProtocolError(
                     protocol.RATE_LIMITED,
                     f"more than {self.config.max_requests_per_second:g} requests per second",
+                    protocol.peek_id(frame),
                 )
             if isinstance(frame, bytes):
                 raise protocol.ProtocolError(
