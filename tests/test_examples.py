@@ -1,0 +1,171 @@
+"""The Node examples in ``examples/`` against a live daemon, with the audio recorded.
+
+They need Node 20+ (its standard ``WebSocket``); on Node 20/21 the global is behind
+``--experimental-websocket``, which these tests pass exactly as the README says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.support.daemon import Daemon
+from tests.support.pulse import Recorder, find_exact, first_audible, last_audible, sound_spans
+from ttsd.client import Client
+from ttsd.engines.tone import ToneEngine
+from ttsd.scheduler.chunking import split_text
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+TONE_ENGINE = ToneEngine(ms_per_char=20.0)
+
+
+def node_command() -> list[str]:
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is not installed: the examples need Node.js 20 or later")
+    version = subprocess.run([node, "--version"], capture_output=True, text=True).stdout
+    major = int(version.strip().lstrip("v").split(".")[0])
+    assert major >= 20, f"the examples need Node.js 20 or later, found {version.strip()}"
+    return [node, "--experimental-websocket"] if major < 22 else [node]
+
+
+class Run:
+    def __init__(self, code: int, stdout: str, stderr: str) -> None:
+        self.code, self.stdout, self.stderr = code, stdout, stderr
+        self.ended = time.monotonic()
+
+
+async def start_example(name: str, *args: str, port: int) -> asyncio.subprocess.Process:
+    env = {**os.environ, "TTS_PORT": str(port), "TTS_HOST": "127.0.0.1"}
+    return await asyncio.create_subprocess_exec(
+        *node_command(),
+        str(EXAMPLES / name),
+        *args,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def example(name: str, *args: str, port: int, timeout: float = 30) -> Run:
+    process = await start_example(name, *args, port=port)
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
+    assert process.returncode is not None
+    return Run(process.returncode, stdout.decode(), stderr.decode())
+
+
+def tone(text: str) -> np.ndarray:
+    return np.concatenate([TONE_ENGINE.synthesize(c, None, {}) for c in split_text(text, 300, 120)])
+
+
+# --- speak.mjs -------------------------------------------------------------------------
+
+
+async def test_speak_plays_and_exits_0_after_finished(daemon: Daemon, recorder: Recorder) -> None:
+    text = "Hello from Node. The example waits for its own job."
+    run = await example("speak.mjs", *text.split(), port=daemon.port)
+    assert run.code == 0, run.stderr
+    expected = tone(text)
+    start = find_exact(recorder.samples(), expected)
+    assert start is not None, "the example's speech was not recorded sample for sample"
+    assert run.ended >= recorder.time_of(start + len(expected)) - 0.05, "exited before the end"
+
+
+@pytest.mark.piper
+async def test_speak_with_piper_records_speech(start_daemon, recorder: Recorder) -> None:
+    daemon = start_daemon({"engine": "piper"})
+    async with await Client.connect("127.0.0.1", daemon.port) as watcher:
+        run = await example("speak.mjs", "Speech from the Node example.", port=daemon.port)
+        assert run.code == 0, run.stderr
+        finished = next(m for _, m in watcher.messages if m.get("type") == "finished")
+    spans = sound_spans(recorder.samples(), 0.5, recorder.rate)
+    assert len(spans) == 1
+    heard = (spans[0][1] - spans[0][0]) / recorder.rate
+    assert finished["audio_seconds"] > 1.0
+    assert heard == pytest.approx(finished["audio_seconds"], abs=0.3)
+
+
+async def test_speak_reports_errors_and_aborts(start_daemon, recorder: Recorder) -> None:
+    daemon = start_daemon({"engine": "tone", "tone": {"ms_per_char": 20.0, "fail_marker": "FAIL"}})
+    failed = await example("speak.mjs", "Please FAIL now.", port=daemon.port)
+    assert failed.code == 1
+    assert "engine_failed: tone engine told to fail on 'FAIL'" in failed.stderr
+
+    refused = await example("speak.mjs", "x" * 30000, port=daemon.port)
+    assert refused.code == 1 and "text_too_long" in refused.stderr
+
+    async with await Client.connect("127.0.0.1", daemon.port) as client:
+        process = await start_example("speak.mjs", "Long. " * 100, port=daemon.port)
+        while not any(m.get("type") == "started" for _, m in client.messages):
+            await client.next_event(timeout=15)
+        await client.abort_current()
+        _, stderr = await asyncio.wait_for(process.communicate(), 10)
+    assert process.returncode == 3
+    assert "aborted (abort_current)" in stderr.decode()
+
+
+async def test_speak_without_a_daemon_says_so(unused_port: int) -> None:
+    run = await example("speak.mjs", "Hello.", port=unused_port)
+    assert run.code == 1
+    assert f"no ttsd daemon answers at ws://127.0.0.1:{unused_port}" in run.stderr
+    assert "ttsd serve" in run.stderr
+
+
+# --- abort-demo.mjs --------------------------------------------------------------------
+
+
+async def test_abort_demo_stops_the_speech_3_seconds_after_it_started(
+    daemon: Daemon, recorder: Recorder
+) -> None:
+    run = await example("abort-demo.mjs", port=daemon.port)
+    assert run.code == 0, run.stderr
+    printed = [json.loads(line) for line in run.stdout.splitlines()]
+    job = printed[0]["job"]
+    kinds = [(m["type"], m.get("job")) for m in printed]
+    assert ("started", job) in kinds and ("aborted", job) in kinds
+    assert ("ok", None) in kinds  # the reply to abort_current, printed too
+    aborted = next(m for m in printed if m["type"] == "aborted")
+    assert aborted["reason"] == "abort_current"
+
+    recorder.wait_for_silence(0.3)
+    samples = recorder.samples()
+    start, end = first_audible(samples), last_audible(samples)
+    assert start is not None and end is not None
+    heard = (end - start) / recorder.rate
+    assert 2.7 <= heard <= 3.6, f"{heard:.2f} s of sound; the abort came 3 s after started"
+    assert find_exact(samples, tone(PASSAGE_PREFIX)[: recorder.rate]) is not None
+
+
+#: The passage in abort-demo.mjs begins like this (its first chunk's first second).
+PASSAGE_PREFIX = "It was a bright cold day in April, and the clocks were striking thirteen."
+
+
+# --- terminate.mjs ---------------------------------------------------------------------
+
+
+async def test_terminate_ends_the_daemon_with_exit_0(daemon: Daemon) -> None:
+    async with await Client.connect("127.0.0.1", daemon.port) as client:
+        job = (await client.speak("Long. " * 100))["job"]
+        run = await example("terminate.mjs", port=daemon.port)
+        assert run.code == 0, run.stderr
+        assert f"aborted jobs: [{job}]" in run.stdout
+        assert (await client.wait_for_job(job, 5))["reason"] == "terminate"
+    assert daemon.wait(15) == 0
+
+
+@pytest.fixture
+def unused_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
