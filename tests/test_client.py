@@ -165,3 +165,23 @@ async def test_terminate_returns_the_close_code(daemon: Daemon) -> None:
     client = await Client.connect("127.0.0.1", daemon.port)
     assert await client.terminate() == 1001
     assert daemon.wait() == 0
+
+
+TOKEN = "token-for-the-tests-0123456789"
+
+
+async def test_token_from_argument_or_environment(
+    start_daemon, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    monkeypatch.delenv("TTS_TOKEN", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))  # no token file there
+    daemon = start_daemon({"engine": "tone", "auth": "token", "token": TOKEN})
+    with pytest.raises(ClientError, match="requires its token: set TTS_TOKEN"):
+        await Client.connect("127.0.0.1", daemon.port)
+    with pytest.raises(ClientError, match="refused our token"):
+        await Client.connect("127.0.0.1", daemon.port, token="wrong-token-0123456789")
+    async with await Client.connect("127.0.0.1", daemon.port, token=TOKEN) as client:
+        assert (await client.request("ping"))["type"] == "pong"
+    monkeypatch.setenv("TTS_TOKEN", TOKEN)
+    async with await Client.connect("127.0.0.1", daemon.port) as client:
+        assert (await client.request("ping"))["type"] == "pong"

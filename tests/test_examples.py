@@ -169,3 +169,19 @@ def unused_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+async def test_speak_sends_the_token_when_the_daemon_wants_one(
+    start_daemon, recorder: Recorder
+) -> None:
+    token = "token-for-the-examples-0123456789"
+    daemon = start_daemon({"engine": "tone", "auth": "token", "token": token})
+    refused = await example("speak.mjs", "Hello.", port=daemon.port)
+    assert refused.code == 1 and "set TTS_TOKEN" in refused.stderr
+    os.environ["TTS_TOKEN"] = token
+    try:
+        run = await example("speak.mjs", "With a token.", port=daemon.port)
+    finally:
+        del os.environ["TTS_TOKEN"]
+    assert run.code == 0, run.stderr
+    assert find_exact(recorder.samples(), tone("With a token.")) is not None

@@ -89,6 +89,21 @@ def default_address(host: str | None = None, port: int | None = None) -> tuple[s
     return host, port
 
 
+def default_token() -> str | None:
+    """``TTS_TOKEN``, else the daemon's token file ``$XDG_RUNTIME_DIR/ttsd/token``, else None.
+
+    Only needed when the daemon runs with ``auth = "token"`` (see docs/security.md).
+    """
+    token = os.environ.get("TTS_TOKEN")
+    if token:
+        return token.strip()
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            return (Path(runtime) / "ttsd" / "token").read_text().strip() or None
+    return None
+
+
 def url_of(host: str, port: int) -> str:
     """The WebSocket URL of a daemon at ``host:port`` (IPv6 addresses bracketed)."""
     bracketed = f"[{host}]" if ":" in host else host
@@ -160,6 +175,7 @@ class Client:
         self.url = url
         self._timeout = timeout
         self._options = dict(options or {})
+        self._token: str | None = None
         self.hello: dict[str, Any] = {}
         #: Every message received, as (monotonic time, message), across reconnects.
         self.messages: list[tuple[float, dict[str, Any]]] = []
@@ -179,9 +195,11 @@ class Client:
 
     @staticmethod
     async def _open(
-        url: str, timeout: float, retry_for: float, options: dict[str, Any]
+        url: str, timeout: float, retry_for: float, options: dict[str, Any], token: str | None
     ) -> tuple[ClientConnection, dict[str, Any]]:
         """Connect to ``url`` and read its hello, retrying refused connections."""
+        if token:
+            options = {**options, "additional_headers": {"Authorization": f"Bearer {token}"}}
         deadline = time.monotonic() + retry_for
         delay = _RETRY_FIRST
         while True:
@@ -198,6 +216,10 @@ class Client:
                         f"no ttsd daemon answers at {url} ({why}); {START_HINT}"
                     ) from None
             except InvalidStatus as exc:
+                if exc.response.status_code == 401:
+                    raise ClientError(
+                        f"the daemon at {url} refused our token (HTTP 401): check TTS_TOKEN"
+                    ) from None
                 raise ClientError(f"{url} refused the connection: {exc}") from None
             except InvalidHandshake as exc:
                 raise ClientError(f"{url} is not a ttsd daemon: {exc}") from None
@@ -210,6 +232,12 @@ class Client:
         except (ConnectionClosed, asyncio.TimeoutError, ValueError) as exc:
             await connection.close()
             raise ClientError(f"{url} sent no hello: {exc or exc.__class__.__name__}") from None
+        if hello.get("auth") == "required":
+            # The Authorization header was missing or wrong: the daemon waits for ``auth``.
+            await connection.close()
+            raise ClientError(
+                f"the daemon at {url} requires its token: set TTS_TOKEN (see docs/security.md)"
+            )
         return connection, hello
 
     @classmethod
@@ -220,17 +248,21 @@ class Client:
         *,
         timeout: float = 5.0,
         retry_for: float = 0.0,
+        token: str | None = None,
         **options: Any,
     ) -> Client:
         """Connect and wait for the server's ``hello``.
 
         ``retry_for`` > 0 keeps retrying a refused connection for that many seconds
-        (for a daemon that is still starting). ``options`` go to ``websockets``' connect.
+        (for a daemon that is still starting). ``token`` (default: :func:`default_token`)
+        is sent as ``Authorization: Bearer``. ``options`` go to ``websockets``' connect.
         """
         host, port = default_address(host, port)
         url = url_of(host, port)
-        connection, hello = await cls._open(url, timeout, retry_for, options)
+        token = token or default_token()
+        connection, hello = await cls._open(url, timeout, retry_for, options, token)
         client = cls(connection, url, timeout=timeout, options=options)
+        client._token = token
         client._start(hello)
         return client
 
@@ -252,7 +284,9 @@ class Client:
         the current connection; :attr:`messages` keeps everything.
         """
         await self.close()
-        connection, hello = await self._open(self.url, self._timeout, retry_for, self._options)
+        connection, hello = await self._open(
+            self.url, self._timeout, retry_for, self._options, self._token
+        )
         self.connection = connection
         self.reconnects += 1
         self._events = asyncio.Queue()

@@ -59,7 +59,7 @@ export async function connect() {
   });
 
   const helloMessage = await hello.catch((error) => fail(error.message));
-  return {
+  const api = {
     hello: helloMessage,
     closed,
     request(message) {
@@ -81,4 +81,11 @@ export async function connect() {
       });
     },
   };
+  // A daemon with `auth = "token"` wants the token first (browsers' WebSocket cannot
+  // send an Authorization header, so the examples never do).
+  if (helloMessage.auth === "required") {
+    if (!process.env.TTS_TOKEN) fail("the daemon requires its token: set TTS_TOKEN (see docs/security.md)");
+    await api.request({ type: "auth", token: process.env.TTS_TOKEN }).catch((error) => fail(error.message));
+  }
+  return api;
 }
