@@ -1,0 +1,237 @@
+"""Bad input gets a clear error reply; the connection and the daemon stay usable."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from websockets.sync.client import connect
+
+from tests.conftest import TONE
+from tests.support.pulse import Recorder, find_exact
+from tests.wsraw import BINARY, TEXT, RawSocket
+from ttsd.client import Client
+from ttsd.engines.tone import ToneEngine
+
+NESTED = '{"a":' * 500 + "1" + "}" * 500
+TOO_DEEP = '{"a":' * 50000 + "1" + "}" * 50000
+
+# (frame, expected error code) - each a kind of malformed request from the issue
+MALFORMED: list[tuple[str, str]] = [
+    ("this is not json", "bad_json"),
+    ("{'type': 'ping'}", "bad_json"),
+    ('{"type": "ping"', "bad_json"),
+    ("", "bad_json"),
+    ("[1, 2, 3]", "bad_request"),
+    ('"speak"', "bad_request"),
+    ("42", "bad_request"),
+    ("null", "bad_request"),
+    ("{}", "bad_request"),
+    ('{"type": 5}', "bad_request"),
+    ('{"type": null}', "bad_request"),
+    ('{"type": "sing", "id": 1}', "unknown_type"),
+    ('{"type": "speak", "text": "hi", "colour": "red"}', "bad_request"),
+    ('{"type": "ping", "extra": 1}', "bad_request"),
+    ('{"type": "speak"}', "bad_request"),
+    ('{"type": "speak", "text": 5}', "bad_request"),
+    ('{"type": "speak", "text": ["a"]}', "bad_request"),
+    ('{"type": "speak", "text": ""}', "bad_request"),
+    ('{"type": "speak", "text": "   \\n\\t  "}', "bad_request"),
+    ('{"type": "speak", "text": "bell\\u0007"}', "bad_request"),
+    ('{"type": "speak", "text": "nul\\u0000byte"}', "bad_request"),
+    ('{"type": "speak", "text": "esc\\u001b[31m"}', "bad_request"),
+    ('{"type": "speak", "text": "c1\\u0085"}', "bad_request"),
+    ('{"type": "speak", "text": "lone \\ud800 surrogate"}', "bad_request"),
+    ('{"type": "ping", "id": "\\udfff"}', "bad_request"),
+    ('{"type": "speak", "text": "hi", "voice": 7}', "bad_request"),
+    ('{"type": "speak", "text": "hi", "voice": ""}', "bad_request"),
+    ('{"type": "speak", "text": "hi", "volume": "loud"}', "bad_option"),
+    ('{"type": "speak", "text": "hi", "volume": true}', "bad_option"),
+    ('{"type": "speak", "text": "hi", "volume": 1e999}', "bad_option"),
+    ('{"type": "speak", "text": "hi", "volume": -1e308}', "bad_option"),
+    ('{"type": "speak", "text": "hi", "volume": NaN}', "bad_json"),
+    ('{"type": "speak", "text": "hi", "volume": Infinity}', "bad_json"),
+    ('{"type": "speak", "text": "hi", "options": []}', "bad_option"),
+    ('{"type": "speak", "text": "hi", "options": {"frequency": 1e300}}', "bad_option"),
+    ('{"type": "speak", "text": "hi", "options": {"x": {"y": [1, {"z": null}]}}}', "bad_option"),
+    ('{"type": "speak", "text": "hi", "cancel_on_disconnect": "yes"}', "bad_request"),
+    ('{"type": "abort", "job": true}', "bad_request"),
+    ('{"type": "abort", "job": "1"}', "bad_request"),
+    ('{"type": "abort", "job": -3}', "bad_request"),
+    ('{"type": "abort", "job": 1.5}', "bad_request"),
+    ('{"type": "abort", "job": 100000000000000000000000000000}', "bad_request"),
+    ('{"type": "abort", "job": ' + "9" * 5000 + "}", "bad_json"),
+    ('{"type": "abort", "job": 999999}', "unknown_job"),
+    ('{"type": "ping", "id": {"nested": true}}', "bad_request"),
+    ('{"type": "ping", "id": [1]}', "bad_request"),
+    ('{"type": "ping", "id": 1e400}', "bad_request"),
+    ('{"type": "ping", "id": "' + "i" * 300 + '"}', "bad_request"),
+    ('{"type": "speak", "text": ' + NESTED + "}", "bad_request"),
+    ("[" * 100000 + "]" * 100000, "bad_json"),
+    (NESTED, "bad_request"),
+    ('{"type": "speak", "text": "hi", "options": ' + TOO_DEEP + "}", "bad_json"),
+    ('{"type": "auth", "token": 3}', "unauthorized"),
+]
+
+
+async def test_every_malformed_request_gets_its_error_and_the_connection_stays_usable(
+    start_daemon, recorder: Recorder
+) -> None:
+    daemon = start_daemon({**TONE, "max_requests_per_second": 10000})
+    async with await Client.connect("127.0.0.1", daemon.port) as client:
+        await check_malformed(client, recorder)
+
+
+async def check_malformed(client: Client, recorder: Recorder) -> None:
+    for frame, code in MALFORMED:
+        await client.send_raw(frame)
+        reply = await client.next_event(timeout=5)
+        assert reply["type"] == "error", (frame[:80], reply)
+        assert reply["code"] == code, (frame[:80], reply)
+        assert "job" not in reply and reply["message"]
+        assert (await client.request("ping"))["type"] == "pong"
+    await client.send_raw(b'{"type": "ping"}')
+    reply = await client.next_event(timeout=5)
+    assert reply["code"] == "bad_request" and "binary" in reply["message"]
+
+    # Nothing malformed was queued; a good request still speaks.
+    status = await client.request("status")
+    assert status["current"] is None and status["queue"] == []
+    job = (await client.speak("Still here."))["job"]
+    assert (await client.wait_for_job(job, timeout=10))["type"] == "finished"
+    recorder.wait_for_silence(0.2)
+    expected = ToneEngine(ms_per_char=20.0).synthesize("Still here.", None, {})
+    assert find_exact(recorder.samples(), expected) is not None
+
+
+def test_invalid_utf8_closes_only_that_connection_with_1007(daemon) -> None:
+    raw = RawSocket(daemon.port)
+    assert raw.handshake()[0] == 101
+    assert raw.read_json()["type"] == "hello"
+    raw.send_frame(TEXT, b'{"type": "speak", "text": "\xff\xfe bad"}')
+    assert raw.read_close() == 1007
+    raw.close()
+
+    raw = RawSocket(daemon.port)  # overlong encoding and a truncated sequence
+    raw.handshake()
+    raw.read_json()
+    raw.send_frame(TEXT, b'{"type": "ping", "id": "\xc0\xaf\xe2\x82"}')
+    assert raw.read_close() == 1007
+    raw.close()
+
+    raw = RawSocket(daemon.port)  # a continuation frame with nothing to continue
+    raw.handshake()
+    raw.read_json()
+    raw.send_frame(0x0, b"orphan")
+    assert raw.read_close() == 1002
+    raw.close()
+
+    raw = RawSocket(daemon.port)  # binary frames are refused, but the connection lives
+    raw.handshake()
+    raw.read_json()
+    raw.send_frame(BINARY, b"\x00\x01\x02")
+    assert raw.read_json()["code"] == "bad_request"
+    raw.send_json({"type": "ping", "id": 9})
+    assert raw.read_json() == {"type": "pong", "id": 9}
+    raw.close()
+
+
+# --- Property: random requests never break the daemon ---------------------------------
+
+json_leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=30),
+)
+json_value = st.recursive(
+    json_leaf,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+request_type = st.sampled_from(
+    ["speak", "abort_current", "abort_all", "abort", "status", "voices", "ping", "auth"]
+) | st.text(max_size=12).filter(lambda t: t not in ("terminate", "synthesize"))
+field_name = st.sampled_from(
+    ["text", "voice", "volume", "options", "job", "token", "cancel_on_disconnect"]
+) | st.text(max_size=8).filter(lambda k: k not in ("type", "id"))
+request = st.builds(
+    lambda kind, fields: {**fields, "type": kind},
+    request_type,
+    st.dictionaries(field_name, json_value | st.text(max_size=40), max_size=4),
+)
+frame = st.one_of(
+    request.map(json.dumps),
+    json_value.map(json.dumps),
+    st.text(max_size=60),
+)
+
+BROADCAST = {"queued", "started", "finished", "aborted", "engine"}
+
+
+def is_event(message: dict[str, Any]) -> bool:
+    """Broadcast events (not replies): they carry no id and are about jobs or the engine."""
+    if "id" in message:
+        return False
+    return message.get("type") in BROADCAST or (message.get("type") == "error" and "job" in message)
+
+
+def test_random_requests_never_break_the_daemon(start_daemon, recorder: Recorder) -> None:
+    daemon = start_daemon(
+        {**TONE, "max_requests_per_second": 100000, "max_queue_per_client": 1000, "max_queue": 1000}
+    )
+    with connect(f"ws://127.0.0.1:{daemon.port}", compression=None) as ws:
+        assert json.loads(ws.recv(5))["type"] == "hello"
+        probes = iter(range(10**9))
+
+        @settings(
+            max_examples=150,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        )
+        @given(frame)
+        def one_frame(text: str) -> None:
+            ws.send(text)
+            probe = f"probe-{next(probes)}"
+            ws.send(json.dumps({"type": "ping", "id": probe}))
+            replies = []
+            while True:
+                message = json.loads(ws.recv(5))
+                if message.get("id") == probe:
+                    break
+                if not is_event(message):
+                    replies.append(message)
+            assert message["type"] == "pong"
+            assert len(replies) == 1, (text, replies)
+            if replies[0]["type"] == "error":
+                assert isinstance(replies[0]["code"], str) and replies[0]["message"]
+
+        one_frame()
+        ws.send(json.dumps({"type": "abort_all", "id": "end"}))
+        while json.loads(ws.recv(5)).get("id") != "end":
+            pass
+
+    # Still alive and still speaking, sample for sample.
+    assert daemon.process is not None and daemon.process.poll() is None
+    recorder.wait_for_silence(0.3)
+    with connect(f"ws://127.0.0.1:{daemon.port}", compression=None) as ws:
+        ws.recv(5)
+        ws.send(
+            json.dumps({"type": "speak", "text": "After the storm.", "options": {"frequency": 660}})
+        )
+        job = json.loads(ws.recv(5))["job"]
+        while not (
+            (m := json.loads(ws.recv(10))).get("job") == job and m["type"] in ("finished", "error")
+        ):
+            pass
+    assert m["type"] == "finished"
+    recorder.wait_for_silence(0.2)
+    expected = ToneEngine(ms_per_char=20.0).synthesize("After the storm.", None, {"frequency": 660})
+    assert find_exact(recorder.samples(), np.asarray(expected)) is not None
+    assert "Traceback" not in daemon.log
