@@ -1,0 +1,190 @@
+#!/bin/sh
+# Install ttsd for the current user: a virtual environment, the systemd user units,
+# and `ttsd` on the PATH. Safe to run again (it updates in place); --uninstall
+# removes what it installed (your config in ~/.config/ttsd is kept).
+#
+#   ./install.sh [--with-chatterbox | --without-chatterbox] [--source DIR]
+#                [--python PYTHON] [--pip-args "ARGS"] [--system-site-packages]
+#   ./install.sh --uninstall
+set -eu
+
+usage() {
+    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+    cat <<'EOF'
+
+Options:
+  --with-chatterbox       also install the Chatterbox engine (large; wants a GPU)
+  --without-chatterbox    never install it (default: only when nvidia-smi finds a GPU)
+  --source DIR            install ttsd from DIR (default: the directory of this script)
+  --python PYTHON         Python 3.10+ to build the environment with (default: python3)
+  --pip-args "ARGS"       extra arguments for pip install (e.g. "--find-links DIR")
+  --system-site-packages  let the environment see the Python's own packages
+  --uninstall             remove the environment, the units and the ttsd link
+EOF
+}
+
+say() { printf '%s\n' "ttsd install: $*"; }
+die() { printf '%s\n' "ttsd install: error: $*" >&2; exit 1; }
+
+here=$(cd "$(dirname "$0")" && pwd)
+source_dir=$here
+python=${PYTHON:-python3}
+chatterbox=auto
+pip_args=
+venv_args=
+action=install
+
+while [ $# -gt 0 ]; do
+    case $1 in
+        --with-chatterbox) chatterbox=yes ;;
+        --without-chatterbox) chatterbox=no ;;
+        --source) [ $# -ge 2 ] || die "--source needs a directory"; source_dir=$2; shift ;;
+        --source=*) source_dir=${1#*=} ;;
+        --python) [ $# -ge 2 ] || die "--python needs a program"; python=$2; shift ;;
+        --python=*) python=${1#*=} ;;
+        --pip-args) [ $# -ge 2 ] || die "--pip-args needs a value"; pip_args=$2; shift ;;
+        --pip-args=*) pip_args=${1#*=} ;;
+        --system-site-packages) venv_args=--system-site-packages ;;
+        --uninstall) action=uninstall ;;
+        -h|--help) usage; exit 0 ;;
+        *) usage >&2; die "unknown option: $1" ;;
+    esac
+    shift
+done
+
+[ -n "${HOME:-}" ] || die "HOME is not set"
+data_dir=${XDG_DATA_HOME:-$HOME/.local/share}/ttsd
+venv=$data_dir/venv
+unit_dir=${XDG_CONFIG_HOME:-$HOME/.config}/systemd/user
+bin_dir=$HOME/.local/bin
+link=$bin_dir/ttsd
+# Marks the units as ours, so --uninstall never removes someone else's tts.service.
+marker="# Installed by ttsd install.sh"
+
+# True when a systemd user manager answers for this user. is-system-running only
+# asks; it never starts a manager.
+user_manager_running() {
+    command -v systemctl >/dev/null 2>&1 || return 1
+    state=$(systemctl --user is-system-running 2>/dev/null) || true
+    case $state in
+        running|degraded|starting|initializing|maintenance) return 0 ;;
+        *) return 1 ;;
+    esac
+}
+
+# Escape a path for ExecStart=: "%" is a specifier, and quotes allow spaces.
+unit_path() {
+    printf '"%s"' "$(printf '%s' "$1" | sed 's/%/%%/g; s/\\/\\\\/g; s/"/\\"/g')"
+}
+
+uninstall() {
+    if user_manager_running; then
+        say "stopping and disabling tts.socket and tts.service"
+        systemctl --user disable --now tts.socket >/dev/null 2>&1 || true
+        systemctl --user stop tts.service >/dev/null 2>&1 || true
+    fi
+    for unit in tts.socket tts.service; do
+        if [ -f "$unit_dir/$unit" ] && grep -qF "$marker" "$unit_dir/$unit"; then
+            rm -f "$unit_dir/$unit"
+            say "removed $unit_dir/$unit"
+        fi
+    done
+    if user_manager_running; then
+        systemctl --user daemon-reload
+    fi
+    if [ -L "$link" ] && [ "$(readlink "$link")" = "$venv/bin/ttsd" ]; then
+        rm -f "$link"
+        say "removed $link"
+    fi
+    if [ -d "$data_dir" ]; then
+        rm -rf "$data_dir"
+        say "removed $data_dir"
+    fi
+    say "done (settings in ${XDG_CONFIG_HOME:-$HOME/.config}/ttsd are kept)"
+}
+
+want_chatterbox() {
+    case $chatterbox in
+        yes) return 0 ;;
+        no) return 1 ;;
+    esac
+    command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU'
+}
+
+install() {
+    [ -f "$source_dir/pyproject.toml" ] || die "$source_dir has no pyproject.toml (use --source)"
+    source_dir=$(cd "$source_dir" && pwd)
+    command -v "$python" >/dev/null 2>&1 || die "$python not found (use --python)"
+    "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
+        || die "$python is older than 3.10"
+    for unit in tts.socket tts.service; do
+        if [ -f "$unit_dir/$unit" ] && ! grep -qF "$marker" "$unit_dir/$unit"; then
+            die "$unit_dir/$unit exists and was not installed by ttsd; move it away first"
+        fi
+    done
+
+    if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import sys' 2>/dev/null; then
+        say "creating a virtual environment in $venv"
+        rm -rf "$venv"
+        mkdir -p "$data_dir"
+        # shellcheck disable=SC2086  # venv_args is one option or none
+        "$python" -m venv $venv_args "$venv" || die "cannot create $venv (is python3-venv installed?)"
+    else
+        say "updating the virtual environment in $venv"
+    fi
+
+    extras=piper,systemd
+    if want_chatterbox; then
+        extras=$extras,chatterbox
+        say "installing with Chatterbox (large: torch with CUDA)"
+    fi
+    # shellcheck disable=SC2086  # pip_args are words for pip
+    if ! "$venv/bin/python" -m pip install --quiet --disable-pip-version-check $pip_args \
+        "$source_dir[$extras]"; then
+        # systemd-python compiles against libsystemd; without its headers, ttsd still
+        # runs and logs to the journal through stderr, only without JOB=/CLIENT= fields.
+        say "installing with systemd-python failed; retrying without it"
+        say "(for structured journal fields install libsystemd-dev and pkg-config, then rerun)"
+        extras=$(printf '%s' "$extras" | sed 's/,systemd//')
+        # shellcheck disable=SC2086
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check $pip_args \
+            "$source_dir[$extras]" || die "pip install failed"
+    fi
+    [ -x "$venv/bin/ttsd" ] || die "$venv/bin/ttsd was not installed"
+
+    mkdir -p "$unit_dir" "$bin_dir"
+    exec_start="ExecStart=$(unit_path "$venv/bin/ttsd") serve"
+    { echo "$marker"; cat "$source_dir/systemd/tts.socket"; } > "$unit_dir/tts.socket.new"
+    { echo "$marker"; cat "$source_dir/systemd/tts.service"; } \
+        | LINE=$exec_start awk '/^ExecStart=/ { print ENVIRON["LINE"]; next } { print }' \
+        > "$unit_dir/tts.service.new"
+    mv "$unit_dir/tts.socket.new" "$unit_dir/tts.socket"
+    mv "$unit_dir/tts.service.new" "$unit_dir/tts.service"
+    say "installed $unit_dir/tts.socket and tts.service"
+
+    if [ -e "$link" ] && [ ! -L "$link" ]; then
+        say "$link exists and is not a link; leaving it (ttsd is $venv/bin/ttsd)"
+    else
+        ln -sfn "$venv/bin/ttsd" "$link"
+        say "linked $link -> $venv/bin/ttsd"
+    fi
+    case ":$PATH:" in
+        *":$bin_dir:"*) ;;
+        *) say "note: $bin_dir is not on your PATH; add it to use the ttsd command" ;;
+    esac
+
+    if user_manager_running; then
+        systemctl --user daemon-reload
+        systemctl --user enable --now tts.socket
+        # A running daemon keeps the old code until it exits; restart it if it runs.
+        systemctl --user try-restart tts.service
+        say "tts.socket is enabled and listening on 127.0.0.1:11500"
+        say "logs: journalctl --user -u tts"
+    else
+        say "no systemd user manager is running, so nothing was enabled."
+        say "run the daemon in the foreground with: $link serve"
+        say "(or, in a session with a user manager: systemctl --user enable --now tts.socket)"
+    fi
+}
+
+$action

