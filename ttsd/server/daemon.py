@@ -25,6 +25,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from websockets.asyncio.server import Server as WebSocketServer
+
 from ttsd.config import Config, ConfigError, load_config
 from ttsd.engines import Engine, create_engine, resolve_auto
 from ttsd.scheduler import Scheduler
@@ -151,7 +153,6 @@ async def run(
     notifier.status(f"stopping ({reason[0] if reason else 'terminate'})")
     await scheduler.close("terminate")
     await server.close()
-    await idle.close()
     log.info("stopped")
     return 0
 
@@ -170,14 +171,13 @@ class IdleExit:
     accepting (the listening socket stays open: under systemd, connections that
     arrive now wait in its backlog for the next start), give connections accepted a
     moment earlier time to show up, and look again. If someone did slip in, the
-    daemon listens again and stays.
+    daemon accepts again and stays.
     """
 
     def __init__(self, server: Server, scheduler: Scheduler, seconds: float) -> None:
         self.server = server
         self.scheduler = scheduler
         self.seconds = seconds
-        self._retired: list[Any] = []  # listeners replaced after an exit was called off
 
     def idle_for(self) -> float:
         """Seconds since the last client left or the last job ended (0 while busy)."""
@@ -189,33 +189,44 @@ class IdleExit:
     def due(self) -> bool:
         return self.seconds > 0 and self.idle_for() >= self.seconds
 
-    def _nobody(self, listener: Any) -> bool:
+    def _nobody(self, listener: WebSocketServer) -> bool:
+        # handler_tasks includes connections still in their opening handshake.
         handling = any(not task.done() for task in listener.handler_tasks)
         return not handling and not self.server.clients and not self.scheduler.busy
 
     async def confirm(self, settle: float = SETTLE) -> bool:
-        """Stop accepting and re-check; True if the daemon should exit now."""
+        """Stop accepting and re-check; True if the daemon should exit now.
+
+        After True the daemon accepts nothing more: connections that arrive wait in
+        the socket's backlog (under systemd, for the next start).
+        """
         listener = self.server.listener
         if listener is None:
             return True
-        # A duplicate keeps the socket open while the listener closes its own fd.
-        spare = socket.socket(fileno=os.dup(listener.sockets[0].fileno()))
-        listener.server.close()
+        loop = asyncio.get_running_loop()
+        fd = listener.sockets[0].fileno()
+        # Stop accepting by removing the loop's accept callback rather than closing
+        # the server: a closed server answers handshakes under way with HTTP 503.
+        loop.remove_reader(fd)
         await asyncio.sleep(settle)
         if self._nobody(listener):
-            spare.close()
             log.info("idle for %g s, exiting", self.seconds)
             return True
         log.info("a client connected while exiting idle; staying up")
-        self._retired.append(listener)
-        await self.server.start(spare)
+        await self._accept_again(listener, fd)
         return False
 
-    async def close(self) -> None:
-        """Close the connections of listeners that were replaced."""
-        for listener in self._retired:
-            listener.close(close_connections=True)
-            await listener.wait_closed()
+    async def _accept_again(self, listener: WebSocketServer, fd: int) -> None:
+        """Accept on ``fd`` again, through the same websockets server."""
+        loop = asyncio.get_running_loop()
+        spare = socket.socket(fileno=os.dup(fd))
+        old = listener.server
+        # asyncio.Server keeps its protocol factory only as a private attribute.
+        factory = old._protocol_factory  # type: ignore[attr-defined]
+        new = await loop.create_server(factory, sock=spare, start_serving=False)
+        old.close()  # closes fd; the socket lives on in ``spare``
+        listener.server = new
+        await new.start_serving()
 
 
 def main(overrides: dict[str, Any] | None = None) -> int:
