@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from tests.support.daemon import Daemon
-from tests.support.pulse import Recorder, audible, find_exact
+from tests.support.pulse import Recorder, audible, find_exact, last_audible
 from ttsd.client import Client
 from ttsd.engines.tone import ToneEngine
 from ttsd.scheduler.chunking import split_text
@@ -32,6 +32,17 @@ def tone(text: str, frequency: float = 440.0, first_limit: int | None = 120) -> 
     return np.concatenate(
         [TONE_ENGINE.synthesize(c, None, {"frequency": frequency}) for c in chunks]
     )
+
+
+def played(recording: np.ndarray, pcm: np.ndarray) -> bool:
+    """True if every sample of ``pcm`` was recorded, in order.
+
+    Digital silence is left out on both sides first: on a loaded machine pacat may
+    underrun, and the sink then inserts silence inside the job's audio without losing
+    any of it. Gap-free playback is tested in test_playback.py; here the question is
+    whether the client got the daemon to speak all of the text.
+    """
+    return find_exact(recording[recording != 0], pcm[pcm != 0]) is not None
 
 
 class Result:
@@ -108,25 +119,29 @@ async def test_say_speaks_and_waits_until_finished(daemon: Daemon, recorder: Rec
     assert result.code == 0, result.stderr
     assert result.stdout == "" and result.stderr == ""  # progress only on a terminal
     expected = tone(text)
-    start = find_exact(recorder.samples(), expected)
-    assert start is not None, "the spoken audio was not recorded sample for sample"
+    recorder.wait_for_silence(0.2)  # parec delivers with a delay under load
+    samples = recorder.samples()
+    assert played(samples, expected), "the spoken audio was not recorded"
+    last = last_audible(samples)
+    assert last is not None
     # It returned only after the sound ended (allowing for the recorder's delivery delay).
-    assert result.ended >= recorder.time_of(start + len(expected)) - 0.05
+    assert result.ended >= recorder.time_of(last) - 0.05
 
 
 async def test_say_reads_stdin(daemon: Daemon, recorder: Recorder) -> None:
     text = "Text from a pipe.\nSecond line."
     result = await ttsd("say", "-", port=daemon.port, input=text.encode())
     assert result.code == 0, result.stderr
-    assert find_exact(recorder.samples(), tone(text)) is not None
+    recorder.wait_for_silence(0.2)  # parec delivers with a delay under load
+    assert played(recorder.samples(), tone(text))
 
 
 async def test_say_passes_options_and_volume(daemon: Daemon, recorder: Recorder) -> None:
     text = "High pitched."
     result = await ttsd("say", "-o", "frequency=900", text, port=daemon.port)
     assert result.code == 0, result.stderr
-    assert find_exact(recorder.samples(), tone(text, 900.0)) is not None
-    assert find_exact(recorder.samples(), tone(text, 440.0)) is None
+    assert played(recorder.samples(), tone(text, 900.0))
+    assert not played(recorder.samples(), tone(text, 440.0))
 
     before = len(recorder.samples())
     quiet = await ttsd("say", "--volume", "0", "Not heard at all.", port=daemon.port)
