@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 
@@ -11,7 +12,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.conftest import TONE
 from tests.wsraw import RawSocket
-from ttsd.client import Client, ClientError, RequestFailed
+from ttsd.client import Client, ClientError
 
 GOOD_ORIGIN = "http://good.example:8000"
 
@@ -103,25 +104,39 @@ def test_token_file_is_created_private(token_daemon) -> None:
     assert len(token) >= 32
 
 
+async def ask(ws, **request) -> dict:
+    await ws.send(json.dumps(request))
+    return json.loads(await ws.recv())
+
+
 async def test_first_message_must_be_auth_with_the_token(token_daemon) -> None:
     daemon, token, _ = token_daemon
-    async with await Client.connect("127.0.0.1", daemon.port) as client:
-        assert client.hello["auth"] == "required"
-        with pytest.raises(RequestFailed) as refused:
-            await client.speak("Let me in.")
-        assert refused.value.code == "unauthorized"
-        with pytest.raises(ClientError):
-            await client.next_event(timeout=5)
-        assert client.close_code == 1008
+    url = f"ws://127.0.0.1:{daemon.port}"
+    async with connect(url) as ws:
+        assert json.loads(await ws.recv())["auth"] == "required"
+        reply = await ask(ws, type="speak", text="Let me in.", id=1)
+        assert reply == {**reply, "type": "error", "code": "unauthorized", "id": 1}
+        with pytest.raises(ConnectionClosed):
+            await ws.recv()
+        assert ws.close_code == 1008
 
-    async with await Client.connect("127.0.0.1", daemon.port) as client:
-        with pytest.raises(RequestFailed) as refused:
-            await client.request("auth", token="x" * 43)
-        assert refused.value.code == "unauthorized"
+    async with connect(url) as ws:
+        await ws.recv()
+        reply = await ask(ws, type="auth", token="x" * 43, id=2)
+        assert reply["code"] == "unauthorized"
+        with pytest.raises(ConnectionClosed):
+            await ws.recv()
 
-    async with await Client.connect("127.0.0.1", daemon.port) as client:
-        assert (await client.request("auth", token=token))["authenticated"] is True
-        job = (await client.speak("Now I may."))["job"]
+    async with connect(url) as ws:
+        await ws.recv()
+        assert (await ask(ws, type="auth", token=token, id=3))["authenticated"] is True
+        assert (await ask(ws, type="speak", text="Now I may.", id=4))["type"] == "queued"
+
+    # The Python client finds the token itself, or says what is missing.
+    with pytest.raises(ClientError, match="requires its token"):
+        await Client.connect("127.0.0.1", daemon.port)
+    async with await Client.connect("127.0.0.1", daemon.port, token=token) as client:
+        job = (await client.speak("Through the client."))["job"]
         assert (await client.wait_for_job(job, timeout=10))["type"] == "finished"
 
 
@@ -154,8 +169,11 @@ async def test_token_from_config_is_used_and_no_file_is_written(start_daemon) ->
     secret = "a-configured-token-0123456789"
     daemon = start_daemon({**TONE, "auth": "token", "token": secret})
     assert not (daemon.home / "ttsd" / "token").exists()
-    async with await Client.connect("127.0.0.1", daemon.port) as client:
-        await client.request("auth", token=secret)
+    async with connect(f"ws://127.0.0.1:{daemon.port}") as ws:
+        await ws.recv()
+        assert (await ask(ws, type="auth", token=secret))["authenticated"] is True
+        assert (await ask(ws, type="ping"))["type"] == "pong"
+    async with await Client.connect("127.0.0.1", daemon.port, token=secret) as client:
         assert (await client.request("ping"))["type"] == "pong"
 
 
@@ -200,9 +218,10 @@ async def test_listening_beyond_loopback_with_a_token_requires_it(start_daemon) 
     raw = RawSocket(daemon.port)
     assert raw.handshake(host=f"rebind.example:{daemon.port}")[0] == 403
     raw.close()
-    async with await Client.connect("127.0.0.1", daemon.port) as client:
-        with pytest.raises(RequestFailed):
-            await client.request("status")
-    async with await Client.connect("127.0.0.1", daemon.port) as client:
-        await client.request("auth", token=token)
+    async with connect(f"ws://127.0.0.1:{daemon.port}") as ws:
+        await ws.recv()
+        assert (await ask(ws, type="status"))["code"] == "unauthorized"
+    with pytest.raises(ClientError, match="requires its token"):
+        await Client.connect("127.0.0.1", daemon.port)
+    async with await Client.connect("127.0.0.1", daemon.port, token=token) as client:
         assert (await client.request("status"))["type"] == "status"
