@@ -132,7 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     voices.add_argument("--json", action="store_true", help="print a JSON array")
 
     serve = subparsers.add_parser("serve", help="run the daemon in the foreground")
-    _add_address(serve, top=False)
+    # The daemon's flags go through the config's own checks, so a bad value gets the
+    # same one-line error whether it comes from a flag, the environment or the file.
+    serve.add_argument("--host", default=argparse.SUPPRESS, help="address to bind")
+    serve.add_argument("--port", default=argparse.SUPPRESS, help="TCP port (default 11500)")
     serve.add_argument("--engine", help="auto, piper, chatterbox or tone")
     serve.add_argument("--voice", help="default voice of the engine")
     serve.add_argument("--sink", help="PulseAudio sink to play on")

@@ -57,7 +57,7 @@ class Config:
     """PulseAudio ``media.role`` of the stream, used by the desktop to duck or route it."""
     volume: float = 1.0
     """Default playback volume of a job, 0.0-1.0."""
-    latency_ms: int = 100
+    latency_ms: int = 250
     """Target buffer of the playback stream; smaller aborts faster but may underrun."""
     chunk_chars: int = 300
     """Longest text chunk handed to the engine at once."""
