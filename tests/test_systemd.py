@@ -251,7 +251,9 @@ async def test_sigterm_is_a_clean_stop(activate: Callable[..., Activated]) -> No
         daemon.notify.wait_for(lambda line: line.startswith("STATUS=speaking job"))
         daemon.process.send_signal(signal.SIGTERM)
         daemon.notify.wait_for(lambda line: line == "STOPPING=1")
-        assert daemon.wait() == 0
+        # Not blocking the loop: the client must answer the daemon's closing handshake.
+        assert await asyncio.to_thread(daemon.wait) == 0
+        assert client.closed and client.close_code == 1001
     assert daemon.notify.lines()[-1] == "STATUS=stopping (SIGTERM)"
     assert "received SIGTERM" in daemon.log
 
