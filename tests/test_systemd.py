@@ -32,6 +32,8 @@ from ttsd.engines.tone import ToneEngine
 from ttsd.scheduler import Scheduler
 from ttsd.server.daemon import IdleExit
 from ttsd.server.server import Server
+from ttsd.systemd.activation import listen_fds
+from ttsd.systemd.notify import SdNotifier
 
 REPO = Path(__file__).resolve().parent.parent
 UNITS = REPO / "systemd"
@@ -462,3 +464,38 @@ async def test_idle_exit_is_called_off_when_a_client_slips_in(
     finally:
         await scheduler.close()
         await server.close()
+
+
+def test_listen_fds_only_for_this_process_and_cleared() -> None:
+    env = {"LISTEN_PID": str(os.getpid()), "LISTEN_FDS": "2", "LISTEN_FDNAMES": "a:b"}
+    assert listen_fds(env) == [3, 4]
+    assert env == {}, "children (pacat) must not inherit the sockets' description"
+    assert listen_fds({"LISTEN_PID": str(os.getpid() + 1), "LISTEN_FDS": "1"}) == []
+    assert listen_fds({"LISTEN_PID": "x", "LISTEN_FDS": "1"}) == []
+    assert listen_fds({}) == []
+
+
+def test_notifier_never_fails(tmp_path: Path) -> None:
+    silent = SdNotifier({})
+    assert not silent.enabled and silent.send("READY=1") is False
+    silent.ready()
+    silent.status("idle")
+    silent.stopping()
+
+    nobody = tmp_path / "nobody"  # exists, but nobody listens: sd_notify's refusal case
+    bound = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    bound.bind(str(nobody))
+    bound.close()
+    orphan = SdNotifier({"NOTIFY_SOCKET": str(nobody)})
+    assert orphan.send("READY=1") is False
+    orphan.ready()
+    orphan.status("speaking job 1")
+    orphan.stopping()
+
+    listener = NotifyListener(tmp_path / "notify")
+    try:
+        notifier = SdNotifier({"NOTIFY_SOCKET": str(listener.path)})
+        notifier.status("two\nlines")
+        listener.wait_for(lambda line: line == "STATUS=two lines")
+    finally:
+        listener.close()
