@@ -12,6 +12,7 @@ Importing this module imports torch; call these builders from fixtures only.
 
 from __future__ import annotations
 
+import os
 import wave
 from pathlib import Path
 from typing import Any
@@ -125,3 +126,39 @@ def build_tiny_standard(workdir: Path, *, seed: int = 0, clip_seconds: float = 2
         clip = write_clip(workdir / "builtin.wav", seconds=clip_seconds, seed=seed)
         model.prepare_conditionals(str(clip))
     return model
+
+
+_HOOK = '''\
+"""Test hook (written by tests/chatterbox_tiny.py): tiny random Chatterbox weights."""
+import os
+
+if os.environ.get("TTSD_TINY_CHATTERBOX"):
+    import ttsd.engines.chatterbox as _engine
+
+    class _TinyWeights:
+        @staticmethod
+        def from_pretrained(device):
+            from pathlib import Path
+
+            from tests.chatterbox_tiny import build_tiny_standard
+
+            return build_tiny_standard(Path(os.environ["TTSD_TINY_CHATTERBOX"]))
+
+        from_local = None
+
+    _engine._model_class = lambda kind: _TinyWeights
+'''
+
+
+def daemon_hook_env(directory: Path, repo_root: Path) -> dict[str, str]:
+    """Environment that makes a ``python -m ttsd serve`` child load the tiny model.
+
+    It puts a ``sitecustomize`` on ``PYTHONPATH`` that replaces the engine's hub download
+    with :func:`build_tiny_standard`; the engine, the scheduler and playback stay real.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "sitecustomize.py").write_text(_HOOK)
+    return {
+        "PYTHONPATH": os.pathsep.join([str(directory), str(repo_root)]),
+        "TTSD_TINY_CHATTERBOX": str(directory / "model"),
+    }

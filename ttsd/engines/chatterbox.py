@@ -548,7 +548,8 @@ def _cap_speech_tokens(model: Any, cap: int) -> None:
 
     The library hard-codes 1000 (``max_new_tokens`` of ``T3.inference``; Turbo's
     ``inference_turbo`` takes ``max_gen_len``). Wrappers on the model's ``t3`` instance
-    read the cap from the instance, so several engines may share one model object.
+    read the cap from the instance, so several engines may share one model object. The
+    ``inference`` wrapper also drops tokens outside the speech vocabulary.
     """
     t3 = model.t3
     state = vars(t3)
@@ -560,7 +561,10 @@ def _cap_speech_tokens(model: Any, cap: int) -> None:
     def inference(*args: Any, **kwargs: Any) -> Any:
         limit = kwargs.get("max_new_tokens") or MAX_SPEECH_TOKENS
         kwargs["max_new_tokens"] = min(limit, state["_ttsd_token_cap"])
-        return cls.inference(t3, *args, **kwargs)
+        tokens = cls.inference(t3, *args, **kwargs)
+        # Only S3Gen's 6561 codes plus start/stop are speech: the multilingual model
+        # passes anything else on to S3Gen, which fails with "index out of range".
+        return tokens[..., tokens[0] <= t3.hp.stop_speech_token] if tokens.dim() == 2 else tokens
 
     def inference_turbo(*args: Any, **kwargs: Any) -> Any:
         limit = kwargs.get("max_gen_len") or MAX_SPEECH_TOKENS
