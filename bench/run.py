@@ -137,8 +137,19 @@ class Bench:
 
     # --- One system ------------------------------------------------------------------
 
-    async def ttfa(self, system: System, text: str, abort_after: float | None) -> None:
-        """Speak ``text``; record time to first audio and (if asked) abort to silence."""
+    async def ttfa(
+        self,
+        system: System,
+        text: str,
+        abort_after: float | None,
+        expected: np.ndarray | None = None,
+    ) -> None:
+        """Speak ``text``; record time to first audio and (if asked) abort to silence.
+
+        With the ``expected`` audio, the abort is also timed to the exact sample where
+        the recording stops following it (``abort_cut``): unlike the last audible
+        sample, that cannot be hidden by a pause between words.
+        """
         rec = self.recorder
         await rec.quiet()
         mark = rec.now_index()
@@ -158,6 +169,14 @@ class Bench:
         last = rec.last_sound(mark)
         assert last is not None
         self.put(system.name, "abort", rec.time_of(last + 1) - aborted)
+        if expected is not None:
+            recording = rec.segment(mark)
+            start = locate(recording, [expected])[0]
+            played = recording[start : start + len(expected)]
+            differ = np.flatnonzero(played != expected[: len(played)])
+            if not len(differ):
+                raise BenchError(f"{system.name}: the whole text played despite the abort")
+            self.put(system.name, "abort_cut", rec.time_of(mark + start + int(differ[0])) - aborted)
 
     async def gap_in_job(self, system: System, pieces: list[np.ndarray]) -> None:
         """Play LONG whole and find each piece's exact samples in the recording."""
@@ -230,8 +249,10 @@ class Bench:
             peak = [0]
             sampler = asyncio.create_task(self._sample_rss(system, peak))
             try:
+                whole = exact.get("in_job")
+                expected = np.concatenate(whole) if whole is not None else None
                 for _ in range(reps):
-                    await self.ttfa(system, LONG, ABORT_AFTER)
+                    await self.ttfa(system, LONG, ABORT_AFTER, expected)
             finally:
                 sampler.cancel()
             self.put(system.name, "rss_speaking_kib", peak[0])
@@ -292,7 +313,7 @@ class Bench:
 
     def make(self, name: str) -> System:
         if name == "ttsd":
-            return Ttsd(self.root / "ttsd", self.pulse)
+            return Ttsd(self.root / "ttsd", self.pulse, self.args.settings)
         if name == "nonstreaming":
             return NonStreaming(self.env)
         if name == "piper-cli":
@@ -343,11 +364,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=",".join(SYSTEMS),
         help=f"comma-separated subset of {','.join(SYSTEMS)} (ttsd must be first if present)",
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a ttsd setting for the benchmarked daemon (e.g. latency_ms=300); repeatable",
+    )
     parser.add_argument("--json", type=Path, help="write every raw measurement here")
     parser.add_argument("--docs", type=Path, help="rewrite the results section of this file")
     parser.add_argument("--plot", type=Path, help="write the latency plot here (PNG)")
     args = parser.parse_args(argv)
     args.systems = [s for s in args.systems.split(",") if s]
+    args.settings = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set needs KEY=VALUE, got {item!r}")
+        args.settings[key] = int(value) if value.isdigit() else value
     unknown = set(args.systems) - set(SYSTEMS)
     if unknown or not args.systems:
         parser.error(f"unknown system(s): {', '.join(sorted(unknown)) or 'none given'}")

@@ -40,7 +40,7 @@ class PacatStream:
         media_role: str = "a11y",
         sink: str = "",
         volume: float = 1.0,
-        latency_ms: int = 100,
+        latency_ms: int = 250,
     ) -> None:
         self.rate = rate
         self.args = [
