@@ -494,6 +494,10 @@ class Scheduler:
     async def _play_job(self, job: Job) -> None:
         await self._require_audio()
         first: np.ndarray | Exception | None = None
+        if not self._engine_ready() and self._loading is not None and not self._loading.done():
+            # Cold start: open the stream as soon as the engine is ready (its sample
+            # rate is known then), so that pacat starts while the first chunk is made.
+            await asyncio.shield(self._loading)
         if not self._engine_ready():
             first = await job.audio.get()  # the engine is loading; wait for the 1st chunk
             if isinstance(first, Exception):
