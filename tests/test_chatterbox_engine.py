@@ -442,10 +442,6 @@ async def test_daemon_speaks_with_chatterbox_at_24k(
         recorder.stop()
 
 
-@pytest.mark.skip(
-    reason="not yet diagnosed: on a loaded 2-core machine the job queued after the abort "
-    "did not end within 90 s"
-)
 @pytest.mark.timeout(300)
 async def test_daemon_abort_during_chatterbox_generation_stops_within_a_chunk(
     start_daemon: Any, pulse24: Any, tmp_path: Path
