@@ -191,7 +191,7 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
         ("cold", "Cold start to audio"),
     ]
     systems = [s for s in ("ttsd", *BASELINES) if s in results]
-    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
+    fig, ax = plt.subplots(figsize=(11, 4.5), dpi=110)
     width = 0.8 / len(systems)
     for i, system in enumerate(systems):
         medians, low, high = [], [], []
@@ -201,18 +201,26 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
                 s = summary(results, system, "ttfa_short")  # it is always cold
             m = s.ms() if s else np.nan
             medians.append(m)
-            low.append(m - s.ms("p5") if s else 0)
-            high.append(s.ms("p95") - m if s else 0)
+            low.append(max(0.0, m - s.ms("p5")) if s else 0)
+            high.append(max(0.0, s.ms("p95") - m) if s else 0)
+        # A log axis cannot show 0 or less (an abort can beat the recorder's clock
+        # by a few ms): bars start at 1 ms and carry the true median as their label.
+        shown = np.maximum(np.array(medians), 1.0)
         x = np.arange(len(metrics)) + (i - (len(systems) - 1) / 2) * width
         bars = ax.bar(
-            x, medians, width, yerr=[low, high], capsize=3, label=NAMES[system].replace("\\|", "|")
+            x,
+            shown,
+            width,
+            yerr=[np.minimum(low, shown - 0.5), high],
+            capsize=3,
+            label=NAMES[system].replace("\\|", "|"),
         )
         ax.bar_label(bars, labels=[f"{m:.0f}" if m == m else "" for m in medians], fontsize=7)
     ax.set_xticks(np.arange(len(metrics)), [t for _, t in metrics])
     ax.set_yscale("log")
     ax.set_ylabel("milliseconds (log scale)")
     ax.set_title("ttsd vs. alternatives: median, whiskers 5th–95th percentile")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
