@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from websockets.sync.client import connect
 
 from tests.conftest import TONE
-from tests.heard import played
+from tests.support.expected import played_start as played
 from tests.support.pulse import Recorder
 from tests.wsraw import BINARY, TEXT, RawSocket
 from ttsd.client import Client

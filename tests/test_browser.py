@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import TONE
-from tests.heard import played
+from tests.support.expected import played_start as played
 from tests.support.pulse import Recorder
 from ttsd.engines.tone import ToneEngine
 

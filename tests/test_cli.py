@@ -17,32 +17,12 @@ import numpy as np
 import pytest
 
 from tests.support.daemon import Daemon
-from tests.support.pulse import Recorder, audible, find_exact, last_audible
+from tests.support.expected import played_all, tone
+from tests.support.pulse import Recorder, audible, last_audible
 from ttsd.client import Client
-from ttsd.engines.tone import ToneEngine
 from ttsd.scheduler.chunking import split_text
 
-TONE_ENGINE = ToneEngine(ms_per_char=20.0)
 LONG = " ".join(["This sentence keeps the tone engine busy for a while."] * 8)  # ~8.6 s
-
-
-def tone(text: str, frequency: float = 440.0, first_limit: int | None = 120) -> np.ndarray:
-    """What the tone engine makes of ``text`` (split as the daemon splits it)."""
-    chunks = split_text(text, 300, first_limit)
-    return np.concatenate(
-        [TONE_ENGINE.synthesize(c, None, {"frequency": frequency}) for c in chunks]
-    )
-
-
-def played(recording: np.ndarray, pcm: np.ndarray) -> bool:
-    """True if every sample of ``pcm`` was recorded, in order.
-
-    Digital silence is left out on both sides first: on a loaded machine pacat may
-    underrun, and the sink then inserts silence inside the job's audio without losing
-    any of it. Gap-free playback is tested in test_playback.py; here the question is
-    whether the client got the daemon to speak all of the text.
-    """
-    return find_exact(recording[recording != 0], pcm[pcm != 0]) is not None
 
 
 class Result:
@@ -121,7 +101,7 @@ async def test_say_speaks_and_waits_until_finished(daemon: Daemon, recorder: Rec
     expected = tone(text)
     recorder.wait_for_silence(0.2)  # parec delivers with a delay under load
     samples = recorder.samples()
-    assert played(samples, expected), "the spoken audio was not recorded"
+    assert played_all(samples, expected), "the spoken audio was not recorded"
     last = last_audible(samples)
     assert last is not None
     # It returned only after the sound ended (allowing for the recorder's delivery delay).
@@ -133,15 +113,15 @@ async def test_say_reads_stdin(daemon: Daemon, recorder: Recorder) -> None:
     result = await ttsd("say", "-", port=daemon.port, input=text.encode())
     assert result.code == 0, result.stderr
     recorder.wait_for_silence(0.2)  # parec delivers with a delay under load
-    assert played(recorder.samples(), tone(text))
+    assert played_all(recorder.samples(), tone(text))
 
 
 async def test_say_passes_options_and_volume(daemon: Daemon, recorder: Recorder) -> None:
     text = "High pitched."
     result = await ttsd("say", "-o", "frequency=900", text, port=daemon.port)
     assert result.code == 0, result.stderr
-    assert played(recorder.samples(), tone(text, 900.0))
-    assert not played(recorder.samples(), tone(text, 440.0))
+    assert played_all(recorder.samples(), tone(text, 900.0))
+    assert not played_all(recorder.samples(), tone(text, 440.0))
 
     before = len(recorder.samples())
     quiet = await ttsd("say", "--volume", "0", "Not heard at all.", port=daemon.port)
@@ -267,7 +247,7 @@ async def test_output_writes_the_engines_samples_to_a_wav(
     assert result.code == 0, result.stderr
     rate, samples = read_wav(path)
     assert rate == 22050
-    expected = tone(text, 700.0, first_limit=None)
+    expected = tone(text, 700.0, first_chunk_chars=None)
     assert len(split_text(text, 300)) > 1
     assert np.array_equal(samples, expected)
     await asyncio.sleep(0.2)

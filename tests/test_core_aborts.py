@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+from tests.support.expected import tone
 from tests.support.pulse import Recorder, find_exact, first_audible, last_audible
-from tests.test_playback import tone
 from ttsd.client import Client
 
 LONG = "This tone goes on for a good while, long enough to be cut short. " * 3  # ~4 s

@@ -6,9 +6,9 @@ import asyncio
 import os
 import signal
 
+from tests.support.expected import tone
 from tests.support.pulse import PulseServer, Recorder, find_exact
 from tests.test_core_aborts import LONG, NEXT, wait_started
-from tests.test_playback import tone
 from ttsd.client import Client
 
 

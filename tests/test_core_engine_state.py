@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from tests.support.expected import tone
 from tests.support.pulse import Recorder, find_exact
-from tests.test_playback import tone
 from ttsd.client import Client
 
 

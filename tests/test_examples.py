@@ -14,17 +14,14 @@ import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from tests.support.daemon import Daemon
-from tests.support.pulse import Recorder, find_exact, first_audible, last_audible, sound_spans
+from tests.support.expected import played_all, tone
+from tests.support.pulse import Recorder, first_audible, last_audible, sound_spans
 from ttsd.client import Client
-from ttsd.engines.tone import ToneEngine
-from ttsd.scheduler.chunking import split_text
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-TONE_ENGINE = ToneEngine(ms_per_char=20.0)
 
 
 def node_command() -> list[str]:
@@ -63,21 +60,6 @@ async def example(name: str, *args: str, port: int, timeout: float = 30) -> Run:
     return Run(process.returncode, stdout.decode(), stderr.decode())
 
 
-def tone(text: str) -> np.ndarray:
-    return np.concatenate([TONE_ENGINE.synthesize(c, None, {}) for c in split_text(text, 300, 120)])
-
-
-def played(recording: np.ndarray, pcm: np.ndarray) -> bool:
-    """True if every sample of ``pcm`` was recorded, in order.
-
-    Digital silence is left out on both sides first: on a loaded machine pacat may
-    underrun, and the sink then inserts silence inside the job's audio without losing
-    any of it. Gap-free playback is tested in test_playback.py; here the question is
-    whether the client got the daemon to speak all of the text.
-    """
-    return find_exact(recording[recording != 0], pcm[pcm != 0]) is not None
-
-
 # --- speak.mjs -------------------------------------------------------------------------
 
 
@@ -88,7 +70,7 @@ async def test_speak_plays_and_exits_0_after_finished(daemon: Daemon, recorder: 
     expected = tone(text)
     recorder.wait_for_silence(0.2)  # parec delivers with a delay under load
     samples = recorder.samples()
-    assert played(samples, expected), "the example's speech was not recorded"
+    assert played_all(samples, expected), "the example's speech was not recorded"
     last = last_audible(samples)
     assert last is not None
     assert run.ended >= recorder.time_of(last) - 0.05, "exited before the end"
@@ -156,7 +138,7 @@ async def test_abort_demo_stops_the_speech_3_seconds_after_it_started(
     assert start is not None and end is not None
     heard = (end - start) / recorder.rate
     assert 2.7 <= heard <= 3.6, f"{heard:.2f} s of sound; the abort came 3 s after started"
-    assert played(samples, tone(PASSAGE_PREFIX)[: recorder.rate])
+    assert played_all(samples, tone(PASSAGE_PREFIX)[: recorder.rate])
 
 
 #: The passage in abort-demo.mjs begins like this (its first chunk's first second).
@@ -198,4 +180,4 @@ async def test_speak_sends_the_token_when_the_daemon_wants_one(
     finally:
         del os.environ["TTS_TOKEN"]
     assert run.code == 0, run.stderr
-    assert played(recorder.samples(), tone("With a token."))
+    assert played_all(recorder.samples(), tone("With a token."))

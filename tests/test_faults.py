@@ -11,22 +11,14 @@ import signal
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from tests.conftest import TONE
-from tests.heard import played
+from tests.support.expected import TONE_ENGINE, tone
+from tests.support.expected import played_start as played
 from tests.support.pulse import Recorder, find_exact, last_audible
 from ttsd.client import Client
-from ttsd.engines.tone import ToneEngine
 from ttsd.scheduler.chunking import split_text
-
-ENGINE = ToneEngine(ms_per_char=20.0)
-
-
-def tone(text: str, chunk_chars: int = 300, first_chunk_chars: int = 120) -> np.ndarray:
-    chunks = split_text(text, chunk_chars, first_chunk_chars)
-    return np.concatenate([ENGINE.synthesize(c, None, {}) for c in chunks])
 
 
 def pacats_of(home: Path) -> dict[int, str]:
@@ -87,10 +79,10 @@ async def test_engine_raising_on_one_chunk_fails_only_that_job(
         assert [m["type"] for m in client.job_events(first)].count("error") == 1
     recorder.wait_for_silence(0.2)
     recorded = recorder.samples()
-    assert played(recorded, tone(good, 40, 30), recorder.rate)
+    assert played(recorded, tone(good, chunk_chars=40, first_chunk_chars=30), recorder.rate)
     # the chunk before the failure played; nothing of the failed one did
     chunks = split_text(bad, 40, 30)
-    assert played(recorded, ENGINE.synthesize(chunks[0], None, {}), recorder.rate)
+    assert played(recorded, TONE_ENGINE.synthesize(chunks[0], None, {}), recorder.rate)
     assert daemon.process is not None and daemon.process.poll() is None
 
 
@@ -142,7 +134,7 @@ async def test_cancel_on_disconnect_aborts_the_job_when_its_client_leaves(
     recorded = recorder.samples()
     start = find_exact(recorded, tone(text)[:2205])
     assert start is not None
-    kept_tone = ENGINE.synthesize("Kept after all.", None, {"frequency": 880})
+    kept_tone = TONE_ENGINE.synthesize("Kept after all.", None, {"frequency": 880})
     cut = last_audible(recorded, find_exact(recorded, kept_tone[:2205]))
     assert cut is not None
     assert recorder.time_of(cut) - left < 0.3  # silence came right after the disconnect

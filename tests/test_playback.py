@@ -6,20 +6,10 @@ import asyncio
 
 import numpy as np
 
+from tests.support.expected import TONE_ENGINE, tone
 from tests.support.pulse import Recorder, find_exact, sound_spans
 from ttsd.client import Client
-from ttsd.engines.tone import ToneEngine
 from ttsd.scheduler.chunking import split_text
-
-TONE_ENGINE = ToneEngine(ms_per_char=20.0)
-
-
-def tone(text: str, frequency: float = 440.0) -> np.ndarray:
-    """What the daemon's tone engine makes of ``text`` (all its chunks, back to back)."""
-    chunks = split_text(text, 300, 120)
-    return np.concatenate(
-        [TONE_ENGINE.synthesize(c, None, {"frequency": frequency}) for c in chunks]
-    )
 
 
 async def test_speech_is_recorded_whole_with_events_in_order(
