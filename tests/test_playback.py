@@ -27,7 +27,7 @@ async def test_speech_is_recorded_whole_with_events_in_order(
     expected = tone(text)
     recorded = recorder.samples()
     start = find_exact(recorded, expected)
-    assert start is not None, "the engine's audio was not recorded sample for sample"
+    assert start is not None, f"not recorded sample for sample; {end=}"
     spans = sound_spans(recorded, 0.05, recorder.rate)
     assert len(spans) == 1
     assert abs((spans[0][1] - spans[0][0]) - len(expected)) < 0.01 * recorder.rate

@@ -530,10 +530,20 @@ class Scheduler:
         if job.played_samples and not job.started:
             self._announce(job)
         audio_seconds = job.played_samples / self.engine.sample_rate
+        if stream.underruns:
+            log.warning(
+                "job %d: playback ran dry %d time(s): audible gaps (generation too slow, "
+                "or the machine too busy to feed pacat)",
+                job.id,
+                stream.underruns,
+                extra={"JOB": job.id, "EVENT": "underrun"},
+            )
         self._end(
             job,
             JobState.FINISHED,
-            protocol.finished_event(job.id, audio_seconds=round(audio_seconds, 3)),
+            protocol.finished_event(
+                job.id, audio_seconds=round(audio_seconds, 3), underruns=stream.underruns
+            ),
         )
 
     async def _announce_start(self, job: Job, stream: PacatStream) -> None:
