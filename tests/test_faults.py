@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TONE
+from tests.support.daemon import Daemon
 from tests.support.expected import TONE_ENGINE, tone
 from tests.support.expected import played_start as played
+from tests.support.notify import NotifyListener
 from tests.support.pulse import Recorder, find_exact, last_audible
 from ttsd.client import Client
 from ttsd.scheduler.chunking import split_text
@@ -165,11 +167,30 @@ async def test_two_hundred_clients_all_receive_every_event(start_daemon) -> None
 
 @pytest.mark.parametrize("how", ["terminate", "sigterm"])
 @pytest.mark.parametrize("phase", ["generation", "playback"])
-async def test_stopping_mid_job_exits_0_and_leaves_no_pacat(
-    start_daemon, recorder: Recorder, how: str, phase: str
+async def test_stopping_mid_job_exits_0_sends_stopping_and_leaves_no_pacat(
+    start_daemon, recorder: Recorder, tmp_path: Path, how: str, phase: str
 ) -> None:
     delay = 4000.0 if phase == "generation" else 0.0
-    daemon = start_daemon({"engine": "tone", "tone": {"ms_per_char": 20.0, "delay_ms": delay}})
+    notify = NotifyListener(tmp_path / "notify")
+    try:
+        daemon = start_daemon(
+            {"engine": "tone", "tone": {"ms_per_char": 20.0, "delay_ms": delay}},
+            env={"NOTIFY_SOCKET": str(notify.path)},
+        )
+        await _stop_mid_job(daemon, recorder, how, phase)
+        # The service manager heard the stop, and after it nothing but why.
+        notify.wait_for(lambda line: line.startswith("STATUS=stopping"))
+    finally:
+        notify.close()
+    lines = notify.lines()
+    assert lines.count("READY=1") == 1 and lines.count("STOPPING=1") == 1, lines
+    assert lines.index("READY=1") < lines.index("STOPPING=1")
+    reason = "terminate" if how == "terminate" else "SIGTERM"
+    assert lines[-2:] == ["STOPPING=1", f"STATUS=stopping ({reason})"], lines
+
+
+async def _stop_mid_job(daemon: Daemon, recorder: Recorder, how: str, phase: str) -> None:
+    """Stop ``daemon`` by ``how`` while a job is in ``phase``; check the exit and pacats."""
     async with await Client.connect("127.0.0.1", daemon.port) as client:
         job = (await client.speak("A long job that will not get to finish. " * 5))["job"]
         if phase == "playback":

@@ -25,8 +25,9 @@ from typing import Any
 import pytest
 
 from tests.support.daemon import write_config
+from tests.support.notify import NotifyListener
 from tests.support.pulse import PulseServer, Recorder, audible, find_exact
-from ttsd.client import Client
+from ttsd.client import Client, ClientError
 from ttsd.config import Config
 from ttsd.engines.tone import ToneEngine
 from ttsd.scheduler import Scheduler
@@ -44,52 +45,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-class NotifyListener:
-    """The service manager's end of sd_notify: a datagram socket the daemon writes to."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.messages: list[tuple[float, str]] = []
-        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._socket.bind(str(path))
-        self._socket.settimeout(0.2)
-        self._running = True
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        while self._running:
-            try:
-                data = self._socket.recv(4096)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            now = time.monotonic()
-            self.messages += [(now, line) for line in data.decode().splitlines()]
-
-    def lines(self) -> list[str]:
-        return [line for _, line in self.messages]
-
-    def statuses(self) -> list[str]:
-        return [line.removeprefix("STATUS=") for line in self.lines() if line.startswith("STATUS=")]
-
-    def wait_for(self, predicate: Callable[[str], bool], timeout: float = 10.0) -> float:
-        """Wait for a line matching ``predicate``; return when it arrived."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for moment, line in list(self.messages):
-                if predicate(line):
-                    return moment
-            time.sleep(0.01)
-        raise AssertionError(f"no such notification within {timeout} s; got {self.lines()}")
-
-    def close(self) -> None:
-        self._running = False
-        self._socket.close()
-        self._thread.join(2)
-
-
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -97,9 +52,15 @@ def free_port() -> int:
 
 
 class Activated:
-    """``systemd-socket-activate -l 127.0.0.1:PORT -E ... python -m ttsd serve``."""
+    """``systemd-socket-activate -l ADDRESS:PORT -E ... python -m ttsd serve``."""
 
-    def __init__(self, home: Path, pulse: PulseServer, settings: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        home: Path,
+        pulse: PulseServer,
+        settings: dict[str, Any],
+        listen: str = "127.0.0.1",
+    ) -> None:
         home.mkdir(parents=True, exist_ok=True)
         self.home = home
         self.notify = NotifyListener(home / "notify")
@@ -114,7 +75,7 @@ class Activated:
             "TTS_CONFIG": str(config),
             **pulse.env(),
         }
-        command = ["systemd-socket-activate", "-l", f"127.0.0.1:{self.port}"]
+        command = ["systemd-socket-activate", "-l", f"{listen}:{self.port}"]
         for name, value in env.items():
             command += ["-E", f"{name}={value}"]
         command += [sys.executable, "-m", "ttsd", "serve"]
@@ -128,7 +89,7 @@ class Activated:
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        self.wait_for_line(re.compile(r"Listening on 127\.0\.0\.1:\d+ as 3"))
+        self.wait_for_line(re.compile(rf"Listening on {re.escape(listen)}:\d+ as 3"))
 
     def _read(self) -> None:
         assert self.process.stderr is not None
@@ -173,9 +134,9 @@ class Activated:
 def activate(tmp_path: Path, pulse: PulseServer) -> Iterator[Callable[..., Activated]]:
     started: list[Activated] = []
 
-    def start(**settings: Any) -> Activated:
+    def start(listen: str = "127.0.0.1", **settings: Any) -> Activated:
         settings = {"engine": "tone", "tone": {"ms_per_char": 20.0}, **settings}
-        daemon = Activated(tmp_path / f"activated{len(started)}", pulse, settings)
+        daemon = Activated(tmp_path / f"activated{len(started)}", pulse, settings, listen)
         started.append(daemon)
         return daemon
 
@@ -258,6 +219,44 @@ async def test_sigterm_is_a_clean_stop(activate: Callable[..., Activated]) -> No
         assert client.closed and client.close_code == 1001
     assert daemon.notify.lines()[-1] == "STATUS=stopping (SIGTERM)"
     assert "received SIGTERM" in daemon.log
+
+
+async def test_activated_beyond_loopback_without_a_token_exits_2_before_serving(
+    activate: Callable[..., Activated],
+) -> None:
+    daemon = activate(listen="0.0.0.0")
+    # The connection that starts it is never answered: the daemon refuses the socket.
+    with pytest.raises(ClientError):
+        await Client.connect("127.0.0.1", daemon.port, timeout=15)
+    assert await asyncio.to_thread(daemon.wait) == 2
+    assert daemon.started(), "the refusal must come from the daemon, not the activator"
+    refusals = [line for line in daemon.lines if "beyond loopback" in line]
+    assert len(refusals) == 1, daemon.log
+    assert "refusing to listen on 0.0.0.0 (beyond loopback) without a token" in refusals[0]
+    assert 'set auth = "token"' in refusals[0]
+    assert "Traceback" not in daemon.log
+    assert "listening on port" not in daemon.log
+    assert "READY=1" not in daemon.notify.lines()
+    status = daemon.notify.statuses()[-1]
+    assert status.startswith("failed: refusing to listen on 0.0.0.0"), status
+
+
+async def test_activated_beyond_loopback_with_a_token_serves_only_with_it(
+    activate: Callable[..., Activated],
+) -> None:
+    secret = "an-activation-token-0123456789"
+    daemon = activate(listen="0.0.0.0", auth="token", token=secret)
+    with pytest.raises(ClientError, match="requires its token"):
+        await Client.connect("127.0.0.1", daemon.port, timeout=15)
+    daemon.notify.wait_for(lambda line: line == "READY=1")
+    match = daemon.wait_for_line(re.compile(r"listening on port (\d+)"))
+    assert int(match.group(1)) == daemon.port  # the inherited 0.0.0.0 socket
+    async with await Client.connect("127.0.0.1", daemon.port, token=secret) as client:
+        job = (await client.speak("Served beyond loopback."))["job"]
+        assert (await client.wait_for_job(job, timeout=15))["type"] == "finished"
+        assert (await client.request("terminate"))["type"] == "ok"
+    assert await asyncio.to_thread(daemon.wait) == 0
+    assert "beyond loopback" not in daemon.log
 
 
 async def test_idle_exit_waits_for_clients_then_exits_cleanly(
