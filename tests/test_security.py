@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import stat
+import time
 
 import pytest
 from websockets.asyncio.client import connect
@@ -185,6 +187,45 @@ async def test_an_idle_unauthenticated_connection_cannot_speak(token_daemon) -> 
         assert '"unauthorized"' in await ws.recv()
         with pytest.raises(ConnectionClosed):
             await ws.recv()
+
+
+async def test_a_client_that_never_authenticates_is_closed_after_auth_timeout(
+    start_daemon,
+) -> None:
+    secret = "a-configured-token-0123456789"
+    daemon = start_daemon({**TONE, "auth": "token", "token": secret, "auth_timeout": 1.5})
+    async with connect(f"ws://127.0.0.1:{daemon.port}") as lurker:
+        opened = time.monotonic()
+        assert json.loads(await lurker.recv())["auth"] == "required"
+        async with await Client.connect("127.0.0.1", daemon.port, token=secret) as member:
+            # A job that plays across the lurker's deadline, heard by the member throughout.
+            text = "This job plays while the silent connection is shown the door. " * 3
+            job = (await member.speak(text))["job"]
+            assert (await member.next_event(timeout=5))["type"] == "started"
+            reply = json.loads(await asyncio.wait_for(lurker.recv(), 10))
+            refused_at = time.monotonic()
+            closed = refused_at - opened
+            assert reply == {**reply, "type": "error", "code": "unauthorized"}
+            assert "no token within 1.5 s" in reply["message"]
+            with pytest.raises(ConnectionClosed):
+                await lurker.recv()
+            assert lurker.close_code == 1008
+            # Not before its time; the upper bound only has to tell 1.5 s from the default 10 s.
+            assert 1.4 <= closed < 6.0, closed
+            end = await member.wait_for_job(job, timeout=15)
+            assert end["type"] == "finished"
+            assert [m["type"] for m in member.job_events(job)] == ["queued", "started", "finished"]
+            # Its events kept coming after the lurker was closed, not only before.
+            finished_at = next(t for t, m in member.messages if m is end)
+            assert finished_at > refused_at
+            assert (await member.request("ping"))["type"] == "pong"
+    assert "refused: no token within 1.5 s" in daemon.log
+
+
+def test_auth_timeout_must_be_positive(start_daemon) -> None:
+    with pytest.raises(RuntimeError, match="daemon exited 2") as failure:
+        start_daemon({**TONE, "auth_timeout": 0})
+    assert "auth_timeout must be more than 0" in str(failure.value)
 
 
 def test_a_token_file_readable_by_others_is_refused(start_daemon, tmp_path) -> None:

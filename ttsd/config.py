@@ -87,6 +87,8 @@ class Config:
     """``none`` or ``token``: whether clients must present the token."""
     token: str = ""
     """The token (empty: read or create ``$XDG_RUNTIME_DIR/ttsd/token``)."""
+    auth_timeout: float = 10.0
+    """Seconds a client may take to authenticate before it is closed with 1008."""
     idle_exit: float = 600.0
     """Seconds with no clients and no jobs before the daemon exits (0: never)."""
     engine_unload: float = 0.0
@@ -195,6 +197,8 @@ def _check(name: str, value: Any, where: str) -> None:
         fail("must be host names")
     if name in ("ahead_seconds", "idle_exit", "engine_unload") and not value >= 0:
         fail("must be zero or more")
+    if name == "auth_timeout" and not 0 < value <= 3600:
+        fail("must be more than 0 and at most 3600 seconds")
     if name == "host" and not value:
         fail("must not be empty")
 

@@ -12,7 +12,8 @@ request is read (``docs/security.md`` has the threat model):
   and (on a wildcard bind) IP literals are accepted.
 * **Token**: with ``auth = "token"`` a client must present the token, in an
   ``Authorization: Bearer <token>`` header or as the first request
-  (``{"type": "auth", "token": ...}``). Listening beyond loopback requires it.
+  (``{"type": "auth", "token": ...}``) within ``auth_timeout`` seconds. Listening
+  beyond loopback requires it.
 """
 
 from __future__ import annotations
@@ -33,9 +34,6 @@ from ttsd.config import Config, ConfigError
 
 #: Host names that always mean this machine (RFC 6761 reserves ``localhost``).
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost", "ip6-loopback"})
-
-#: How long a client may take to present its token in its first request.
-AUTH_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)

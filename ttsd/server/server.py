@@ -31,7 +31,7 @@ from ttsd import __version__, protocol
 from ttsd.config import Config
 from ttsd.scheduler import Scheduler
 from ttsd.server.limits import Backlog, RateLimiter
-from ttsd.server.security import AUTH_TIMEOUT, AccessPolicy
+from ttsd.server.security import AccessPolicy
 
 log = logging.getLogger("ttsd.server")
 
@@ -215,20 +215,22 @@ class Server:
         """Wait for an ``auth`` request with the right token; close the connection if not."""
         request: protocol.Request | None = None
         rid: protocol.RequestId = None
+        why = "no valid token"
+        message = 'send {"type": "auth", "token": ...} first, with the right token'
         try:
-            frame = await asyncio.wait_for(connection.recv(), AUTH_TIMEOUT)
+            frame = await asyncio.wait_for(connection.recv(), self.config.auth_timeout)
             if isinstance(frame, str):
                 request = protocol.parse_request(frame, max_text_length=1)
                 rid = request.id
         except protocol.ProtocolError as exc:
             rid = exc.request_id
         except asyncio.TimeoutError:
-            pass
+            why = f"no token within {self.config.auth_timeout:g} s"
+            message = f"{why}: {message}"
         if isinstance(request, protocol.Auth) and self.policy.token_matches(request.token):
             self.reply(connection, protocol.ok_reply(rid, authenticated=True))
             return True
-        log.warning("%s refused: no valid token", peer.label, extra={"CLIENT": peer.label})
-        message = 'send {"type": "auth", "token": ...} first, with the right token'
+        log.warning("%s refused: %s", peer.label, why, extra={"CLIENT": peer.label})
         self.reply(connection, protocol.error_reply(protocol.UNAUTHORIZED, message, rid))
         await connection.close(CloseCode.POLICY_VIOLATION, "unauthorized")
         return False
