@@ -3,7 +3,7 @@
 # and `ttsd` on the PATH. Safe to run again (it updates in place); --uninstall
 # removes what it installed (your config in ~/.config/ttsd is kept).
 #
-#   ./install.sh [--with-chatterbox | --without-chatterbox] [--source DIR]
+#   ./install.sh [--with-chatterbox | --without-chatterbox] [--source DIR] [--serve]
 #                [--python PYTHON] [--pip-args "ARGS"] [--system-site-packages]
 #   ./install.sh --uninstall
 set -eu
@@ -19,6 +19,9 @@ Options:
   --python PYTHON         Python 3.10+ to build the environment with (default: python3)
   --pip-args "ARGS"       extra arguments for pip install (e.g. "--find-links DIR")
   --system-site-packages  let the environment see the Python's own packages
+  --serve                 then run the daemon in the foreground (for machines without a
+                          systemd user manager: containers, SSH sessions)
+  --no-system-packages    never install Debian packages (pacat), only say what is missing
   --uninstall             remove the environment, the units and the ttsd link
 EOF
 }
@@ -33,6 +36,8 @@ chatterbox=auto
 pip_args=
 venv_args=
 action=install
+serve=no
+system_packages=yes
 
 while [ $# -gt 0 ]; do
     case $1 in
@@ -46,6 +51,8 @@ while [ $# -gt 0 ]; do
         --pip-args=*) pip_args=${1#*=} ;;
         --system-site-packages) venv_args=--system-site-packages ;;
         --uninstall) action=uninstall ;;
+        --serve) serve=yes ;;
+        --no-system-packages) system_packages=no ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; die "unknown option: $1" ;;
     esac
@@ -111,6 +118,25 @@ want_chatterbox() {
     command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU'
 }
 
+# ttsd plays through pacat (Debian's pulseaudio-utils), which talks to PulseAudio or
+# PipeWire's pulse server. Install it when it is missing and we can (root or sudo).
+ensure_pacat() {
+    command -v pacat >/dev/null 2>&1 && return 0
+    sudo=
+    [ "$(id -u)" = 0 ] || sudo="sudo -n"
+    if [ "$system_packages" = yes ] && command -v apt-get >/dev/null 2>&1 \
+        && { [ -z "$sudo" ] || sudo -n true 2>/dev/null; }; then
+        say "installing pacat (pulseaudio-utils)"
+        $sudo apt-get install -y -qq pulseaudio-utils >/dev/null 2>&1 \
+            || { $sudo apt-get update -qq >/dev/null 2>&1 \
+                 && $sudo apt-get install -y -qq pulseaudio-utils >/dev/null 2>&1; } \
+            || say "warning: could not install pulseaudio-utils; ttsd needs its pacat to play"
+    else
+        say "warning: pacat is missing; install pulseaudio-utils (or your distribution's"
+        say "PulseAudio client tools): ttsd needs it to play"
+    fi
+}
+
 install() {
     [ -f "$source_dir/pyproject.toml" ] || die "$source_dir has no pyproject.toml (use --source)"
     source_dir=$(cd "$source_dir" && pwd)
@@ -151,6 +177,7 @@ install() {
             "$source_dir[$extras]" || die "pip install failed"
     fi
     [ -x "$venv/bin/ttsd" ] || die "$venv/bin/ttsd was not installed"
+    ensure_pacat
 
     mkdir -p "$unit_dir" "$bin_dir"
     exec_start="ExecStart=$(unit_path "$venv/bin/ttsd") serve"
@@ -188,3 +215,7 @@ install() {
 }
 
 $action
+if [ "$action" = install ] && [ "$serve" = yes ]; then
+    say "starting the daemon in the foreground (Ctrl-C stops it)"
+    exec "$venv/bin/ttsd" serve
+fi

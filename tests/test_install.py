@@ -11,6 +11,7 @@ script's own check finds none. The "manager running" branch runs with a stand-in
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,7 +33,7 @@ exit 0
 """
 
 
-def run_install(home: Path, *args: str, path_prefix: Path | None = None) -> str:
+def install_env(home: Path, path_prefix: Path | None = None) -> dict[str, str]:
     runtime = home / "runtime"
     runtime.mkdir(parents=True, exist_ok=True)
     env = {
@@ -49,9 +50,13 @@ def run_install(home: Path, *args: str, path_prefix: Path | None = None) -> str:
     )
     if path_prefix is not None:
         env["PATH"] = f"{path_prefix}:{env['PATH']}"
+    return env
+
+
+def run_install(home: Path, *args: str, path_prefix: Path | None = None) -> str:
     result = subprocess.run(
         ["sh", str(INSTALL), "--python", sys.executable, *args],
-        env=env,
+        env=install_env(home, path_prefix),
         capture_output=True,
         text=True,
         timeout=540,
@@ -106,6 +111,33 @@ def test_install_then_uninstall(tmp_path: Path) -> None:
             timeout=60,
         )
         assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
+
+    # --serve: the same install (nothing to do now), then the daemon in the foreground.
+    serve = subprocess.Popen(
+        ["sh", str(INSTALL), "--python", sys.executable, "--without-chatterbox", "--serve"],
+        env={**install_env(home), "TTS_PORT": "0"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert serve.stdout is not None
+        lines = []
+        for line in serve.stdout:
+            lines.append(line)
+            if match := re.search(r"listening on port (\d+)", line):
+                break
+        assert match, "".join(lines)
+        port = int(match.group(1))
+        terminated = subprocess.run(
+            [link, "--port", str(port), "terminate"], capture_output=True, text=True, timeout=30
+        )
+        assert terminated.returncode == 0, terminated.stderr
+        assert serve.wait(30) == 0
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait()
 
     # Again, with a user manager "running": the environment is reused, the units are
     # the same, and the socket gets enabled.
