@@ -216,6 +216,11 @@ install() {
 
 $action
 if [ "$action" = install ] && [ "$serve" = yes ]; then
-    say "starting the daemon in the foreground (Ctrl-C stops it)"
-    exec "$venv/bin/ttsd" serve
+    if user_manager_running; then
+        # tts.socket holds the port now; a second daemon could not bind it.
+        say "not starting another daemon: systemd starts it on the first connection"
+    else
+        say "starting the daemon in the foreground (Ctrl-C stops it)"
+        exec "$venv/bin/ttsd" serve
+    fi
 fi
