@@ -32,11 +32,15 @@ def free_port() -> int:
 
 
 async def ttsd_once(
-    home: Path, pulse: PulseServer, recorder: BenchRecorder, text: str
+    home: Path,
+    pulse: PulseServer,
+    recorder: BenchRecorder,
+    text: str,
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """One cold start; returns seconds to ``hello`` and to the first audible sample."""
     home.mkdir(parents=True, exist_ok=True)
-    config = write_config(home / "config.toml", {**TTSD_SETTINGS, "port": 0})
+    config = write_config(home / "config.toml", {**TTSD_SETTINGS, **(settings or {}), "port": 0})
     env = {
         **pulse.env(),
         "HOME": str(home),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import platform
@@ -74,6 +75,11 @@ class Bench:
         self.reference: dict[str, Any] = {}
         self.engine = PiperEngine()
         self.env = {**os.environ, **self.pulse.env()}
+        # The benchmarked daemon's settings, so that references cut the same chunks.
+        known = {f.name for f in dataclasses.fields(Config)}
+        self.config = dataclasses.replace(
+            Config(), **{k: v for k, v in args.settings.items() if k in known}
+        )
 
     def log(self, text: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
@@ -95,45 +101,48 @@ class Bench:
         voice = self.engine._voice(None)
         return [c.audio_int16_array for c in voice.synthesize(text, SynthesisConfig(**EXACT))]
 
-    async def measure_reference(self) -> None:
-        """Synthesis time of each text's first chunk and pacat start-up with PCM ready."""
-        from ttsd.audio.pacat import PacatStream
-
-        config = Config()
+    def load_engine(self) -> None:
+        """Load and warm the benchmark's own copy of the engine (for references)."""
         self.engine.load()
         self.engine.synthesize("Warm up.", None, {})
-        for name, text in (("short", SHORT), ("long", LONG)):
-            first = split_text(text, config.chunk_chars, config.first_chunk_chars)[0]
-            times = []
-            for _ in range(max(3, self.args.reps // 2)):
-                started = time.perf_counter()
-                pcm = self.engine.synthesize(first, None, EXACT)
-                times.append(time.perf_counter() - started)
-            startup = []
-            for _ in range(max(3, self.args.reps // 2)):
-                await self.recorder.quiet(0.2)
-                mark = self.recorder.now_index()
-                sent = time.monotonic()
-                stream = PacatStream(
-                    self.engine.sample_rate, stream_name="bench", latency_ms=config.latency_ms
-                )
-                await stream.start()
-                await stream.write(pcm.tobytes())
-                heard = await self.recorder.first_sound(mark)
-                startup.append(self.recorder.time_of(heard) - sent)
-                stream.kill()
-                await stream.wait_closed()
-            self.reference[name] = {
-                "first_chunk_chars": len(first),
-                "synth": times,
-                "pacat_to_first_audible": startup,
-                "lead_silence": leading_silence(pcm, self.engine.sample_rate),
-            }
-            self.log(
-                f"reference {name}: chunk 1 ({len(first)} chars) in "
-                f"{np.median(times) * 1000:.0f} ms, pacat to sound "
-                f"{np.median(startup) * 1000:.0f} ms"
-            )
+
+    async def reference_once(self, kind: str) -> None:
+        """One sample of the TTFA reference for ``kind`` ("short" or "long").
+
+        Synthesis time of the text's first chunk, and the time from starting ttsd's own
+        ``PacatStream`` with that chunk in hand to its first audible sample; for the
+        long text also the synthesis time of the whole text (what a non-streaming
+        player waits for). Taken between ttsd's own repetitions, so that both see the
+        same load on a shared machine.
+        """
+        from ttsd.audio.pacat import PacatStream
+
+        config = self.config
+        text = SHORT if kind == "short" else LONG
+        first = split_text(text, config.chunk_chars, config.first_chunk_chars)[0]
+        ref = self.reference.setdefault(
+            kind, {"first_chunk_chars": len(first), "synth": [], "pacat_to_first_audible": []}
+        )
+        started = time.perf_counter()
+        pcm = self.engine.synthesize(first, None, EXACT)
+        ref["synth"].append(time.perf_counter() - started)
+        ref["lead_silence"] = leading_silence(pcm, self.engine.sample_rate)
+        if kind == "long":
+            started = time.perf_counter()
+            self.engine.synthesize(text, None, EXACT)
+            ref.setdefault("whole_synth", []).append(time.perf_counter() - started)
+        await self.recorder.quiet(0.2)
+        mark = self.recorder.now_index()
+        sent = time.monotonic()
+        stream = PacatStream(
+            self.engine.sample_rate, stream_name="bench", latency_ms=config.latency_ms
+        )
+        await stream.start()
+        await stream.write(pcm.tobytes())
+        heard = await self.recorder.first_sound(mark)
+        ref["pacat_to_first_audible"].append(self.recorder.time_of(heard) - sent)
+        stream.kill()
+        await stream.wait_closed()
 
     # --- One system ------------------------------------------------------------------
 
@@ -245,6 +254,8 @@ class Bench:
             self.put(system.name, "rss_idle_kib", tree_rss_kib(system.pids()))
             for _ in range(reps):
                 await self.ttfa(system, SHORT, None)
+                if isinstance(system, Ttsd):
+                    await self.reference_once("short")
             self.log(f"{system.label}: time to first audio, one sentence: done")
             peak = [0]
             sampler = asyncio.create_task(self._sample_rss(system, peak))
@@ -253,6 +264,8 @@ class Bench:
                 expected = np.concatenate(whole) if whole is not None else None
                 for _ in range(reps):
                     await self.ttfa(system, LONG, ABORT_AFTER, expected)
+                    if isinstance(system, Ttsd):
+                        await self.reference_once("long")
             finally:
                 sampler.cancel()
             self.put(system.name, "rss_speaking_kib", peak[0])
@@ -294,7 +307,9 @@ class Bench:
     async def _cold_once(self, name: str, rep: int) -> float | None:
         rec = self.recorder
         if name == "ttsd":
-            found = await coldstart.ttsd_once(self.root / f"cold{rep}", self.pulse, rec, SHORT)
+            found = await coldstart.ttsd_once(
+                self.root / f"cold{rep}", self.pulse, rec, SHORT, self.args.settings
+            )
             self.put("ttsd", "cold_hello", found["hello"])
             return found["audio"]
         if name == "piper-cli":
@@ -326,8 +341,8 @@ class Bench:
         os.environ.update(self.pulse.env())
         self.recorder.start()
         try:
-            await self.measure_reference()
-            config = Config()
+            self.load_engine()
+            config = self.config
             exact: dict[str, dict[str, Any]] = {
                 "ttsd": {
                     "in_job": self.expected(LONG, config),
@@ -382,6 +397,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if not sep:
             parser.error(f"--set needs KEY=VALUE, got {item!r}")
         args.settings[key] = int(value) if value.isdigit() else value
+    args.settings.setdefault("max_connections", max(100, args.clients + 10))
     unknown = set(args.systems) - set(SYSTEMS)
     if unknown or not args.systems:
         parser.error(f"unknown system(s): {', '.join(sorted(unknown)) or 'none given'}")
