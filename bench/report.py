@@ -91,8 +91,9 @@ def tables(
         assert b is not None and q is not None
         lines += [
             "",
-            f"Event latency with {args.clients} raw WebSocket clients connected, "
-            f"{args.reps} rounds: `queued` broadcast to all of them p50 "
+            f"Event latency with {meta.get('clients', args.clients)} raw WebSocket clients "
+            f"connected, {meta.get('reps', args.reps)} rounds: `queued` broadcast to all of "
+            f"them p50 "
             f"{b.ms():.1f} ms, p99 {b.ms('p99'):.1f} ms, max {b.ms('high'):.1f} ms; "
             f"the sender's speak → queued p50 {q.ms():.1f} ms.",
         ]
@@ -219,24 +220,24 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
                 s = summary(results, system, "ttfa_short")  # it is always cold
             m = s.ms() if s else np.nan
             medians.append(m)
-            low.append(max(0.0, m - s.ms("p5")) if s else 0)
-            high.append(max(0.0, s.ms("p95") - m) if s else 0)
-        # A log axis cannot show 0 or less (an abort can beat the recorder's clock
-        # by a few ms): bars start at 1 ms and carry the true median as their label.
+            # A log axis cannot show 0 or less (an abort can beat the recorder's clock
+            # by a few ms): everything is drawn at 1 ms at least; labels keep the truth.
+            low.append(max(m, 1.0) - max(s.ms("p5"), 1.0) if s else 0.0)
+            high.append(max(s.ms("p95"), 1.0) - max(m, 1.0) if s else 0.0)
         shown = np.maximum(np.array(medians), 1.0)
         x = np.arange(len(metrics)) + (i - (len(systems) - 1) / 2) * width
         bars = ax.bar(
             x,
             shown,
             width,
-            yerr=[np.minimum(low, shown - 0.5), high],
+            yerr=[low, high],
             capsize=3,
             label=NAMES[system].replace("\\|", "|"),
         )
         ax.bar_label(bars, labels=[f"{m:.0f}" if m == m else "" for m in medians], fontsize=7)
     ax.set_xticks(np.arange(len(metrics)), [t for _, t in metrics])
     ax.set_yscale("log")
-    ax.set_ylabel("milliseconds (log scale)")
+    ax.set_ylabel("milliseconds (log scale; ≤ 1 ms drawn at 1 ms)")
     ax.set_title("ttsd vs. alternatives: median, whiskers 5th–95th percentile")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()

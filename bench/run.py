@@ -387,6 +387,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="a ttsd setting for the benchmarked daemon (e.g. latency_ms=300); repeatable",
     )
     parser.add_argument("--json", type=Path, help="write every raw measurement here")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        metavar="FILE",
+        help="measure nothing: report (tables, --docs, --plot) on a --json file of a past run",
+    )
     parser.add_argument("--docs", type=Path, help="rewrite the results section of this file")
     parser.add_argument("--plot", type=Path, help="write the latency plot here (PNG)")
     args = parser.parse_args(argv)
@@ -414,6 +420,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.from_json:
+        payload = json.loads(args.from_json.read_text())
+        return publish(args, payload["results"], payload["reference"], payload["meta"])
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="ttsd-bench-") as tmp:
         bench = Bench(args, Path(tmp))
@@ -429,18 +438,29 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.node()}: {os.cpu_count()} CPUs, {platform.platform()}",
         "load": os.getloadavg(),
         "reps": args.reps,
+        "clients": args.clients,
         "seconds": round(elapsed, 1),
     }
-    tables = report.tables(bench.results, bench.reference, args, meta)
-    print(tables)
     if args.json:
         payload = {"meta": meta, "reference": bench.reference, "results": bench.results}
         args.json.write_text(json.dumps(payload, indent=1))
+    return publish(args, bench.results, bench.reference, meta)
+
+
+def publish(
+    args: argparse.Namespace,
+    results: dict[str, dict[str, Any]],
+    reference: dict[str, Any],
+    meta: dict[str, Any],
+) -> int:
+    """Print the tables; update the docs and draw the plot if asked."""
+    tables = report.tables(results, reference, args, meta)
+    print(tables)
     if args.docs:
         report.update_docs(args.docs, tables)
     if args.plot:
         try:
-            report.plot(bench.results, args.plot)
+            report.plot(results, args.plot)
         except ImportError:
             print("bench: --plot needs matplotlib (pip install matplotlib)", file=sys.stderr)
             return 1

@@ -46,6 +46,6 @@ def fmt_ms(summary: Summary | None, spread: bool = True) -> str:
 
 def ratio(a: Summary | None, b: Summary | None) -> str:
     """Median of ``a`` over median of ``b``, as ``0.25x``."""
-    if a is None or b is None or b.median <= 0 or math.isnan(b.median):
-        return "n/a"
+    if a is None or b is None or a.median <= 0 or b.median <= 0 or math.isnan(b.median):
+        return "n/a"  # a ratio of values at the clock's resolution means nothing
     return f"{a.median / b.median:.2f}x"
