@@ -196,8 +196,6 @@ class Bench:
         await system.wait_done()
         await rec.quiet()
         recording = rec.segment(mark)
-        if os.environ.get("BENCH_DUMP"):
-            np.save(os.environ["BENCH_DUMP"], recording)
         self.put_gaps(system.name, "gap_in_job", recording, pieces)
 
     def put_gaps(
