@@ -1,6 +1,6 @@
 """Benchmark ttsd against the alternatives on recorded audio.
 
-    python -m bench.run                 # full run (about 10 minutes here)
+    python -m bench.run                 # full run (about 8 minutes here)
     python -m bench.run --quick         # CI smoke run: 2 reps, no targets enforced
     python -m bench.run --reps 20 --docs docs/benchmarks.md --plot docs/benchmarks.png
 
@@ -176,7 +176,8 @@ class Bench:
         await system.abort()
         await rec.quiet(0.5)
         last = rec.last_sound(mark)
-        assert last is not None
+        if last is None:
+            raise BenchError(f"{system.name}: nothing audible was recorded before the abort")
         self.put(system.name, "abort", rec.time_of(last + 1) - aborted)
         if expected is not None:
             recording = rec.segment(mark)
