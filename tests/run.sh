@@ -7,7 +7,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
 packages=(pulseaudio pulseaudio-utils libsystemd-dev pkg-config systemd nodejs chromium
-          speech-dispatcher espeak-ng)
+          speech-dispatcher speech-dispatcher-espeak-ng espeak-ng)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" ||

@@ -58,7 +58,8 @@ class Config:
     volume: float = 1.0
     """Default playback volume of a job, 0.0-1.0."""
     latency_ms: int = 250
-    """Target buffer of the playback stream; smaller aborts faster but may underrun."""
+    """Target buffer of the playback stream. An abort kills the stream, so a larger buffer
+    does not slow it; a smaller one underruns (audible gaps) on a busy machine."""
     chunk_chars: int = 300
     """Longest text chunk handed to the engine at once."""
     first_chunk_chars: int = 120
