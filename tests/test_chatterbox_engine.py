@@ -406,14 +406,12 @@ def _daemon_settings(voices: Path) -> dict[str, Any]:
     }
 
 
-@pytest.mark.timeout(300)
-async def test_daemon_speaks_with_chatterbox_at_24k(
-    start_daemon: Any, pulse24: Any, tmp_path: Path
-) -> None:
-    """The real daemon (child process) with the engine on the tiny model, to a null sink."""
+@pytest.fixture
+def tiny_daemon(start_daemon: Any, pulse24: Any, tmp_path: Path) -> Any:
+    """The real daemon (child process) with the engine on the tiny model, a voice "erin",
+    and a recorder on the 24 kHz null sink: yields (daemon, recorder)."""
     from tests.chatterbox_tiny import daemon_hook_env
-    from tests.support.pulse import Recorder, sound_spans
-    from ttsd.client import Client
+    from tests.support.pulse import Recorder
 
     voices = tmp_path / "voices"
     write_clip(voices / "erin.wav", seconds=2.0, seed=8)
@@ -421,65 +419,64 @@ async def test_daemon_speaks_with_chatterbox_at_24k(
     recorder = Recorder(pulse24)
     recorder.start()
     try:
-        daemon = start_daemon(_daemon_settings(voices), env=env, pulse=pulse24)
-        async with await Client.connect("127.0.0.1", daemon.port) as client:
-            assert "erin" in await client.voices()
-            reply = await client.speak("Hello from the tiny model.", voice="erin")
-            end = await client.wait_for_job(reply["job"], timeout=120)
-            assert end["type"] == "finished", end
-            assert 0 < end["audio_seconds"] <= CAP / 25
-            recorder.wait_for_silence(0.3)
-            spans = sound_spans(recorder.samples(), 0.05, SAMPLE_RATE)
-            assert spans, "nothing was recorded"
-            heard = sum(b - a for a, b in spans) / SAMPLE_RATE
-            assert heard == pytest.approx(end["audio_seconds"], abs=0.05)
-
-            audio = await client.synthesize("Sent back.", voice="erin", timeout=120)
-            assert audio.sample_rate == SAMPLE_RATE and audio.samples > 0
-            cached = list((daemon.home / "cache/ttsd/chatterbox").glob("standard-*.pt"))
-            assert len(cached) == 1  # erin was conditioned once for both jobs
+        yield start_daemon(_daemon_settings(voices), env=env, pulse=pulse24), recorder
     finally:
         recorder.stop()
+
+
+@pytest.mark.timeout(300)
+async def test_daemon_speaks_with_chatterbox_at_24k(tiny_daemon: Any) -> None:
+    from tests.support.pulse import sound_spans
+    from ttsd.client import Client
+
+    daemon, recorder = tiny_daemon
+    async with await Client.connect("127.0.0.1", daemon.port) as client:
+        assert "erin" in await client.voices()
+        reply = await client.speak("Hello from the tiny model.", voice="erin")
+        end = await client.wait_for_job(reply["job"], timeout=120)
+        assert end["type"] == "finished", end
+        assert 0 < end["audio_seconds"] <= CAP / 25
+        recorder.wait_for_silence(0.3)
+        spans = sound_spans(recorder.samples(), 0.05, SAMPLE_RATE)
+        assert spans, "nothing was recorded"
+        heard = sum(b - a for a, b in spans) / SAMPLE_RATE
+        assert heard == pytest.approx(end["audio_seconds"], abs=0.05)
+
+        audio = await client.synthesize("Sent back.", voice="erin", timeout=120)
+        assert audio.sample_rate == SAMPLE_RATE and audio.samples > 0
+        cached = list((daemon.home / "cache/ttsd/chatterbox").glob("standard-*.pt"))
+        assert len(cached) == 1  # erin was conditioned once for both jobs
 
 
 @pytest.mark.timeout(300)
 async def test_daemon_abort_during_chatterbox_generation_stops_within_a_chunk(
-    start_daemon: Any, pulse24: Any, tmp_path: Path
+    tiny_daemon: Any,
 ) -> None:
     import asyncio
 
-    from tests.chatterbox_tiny import daemon_hook_env
-    from tests.support.pulse import Recorder, sound_spans
+    from tests.support.pulse import sound_spans
     from ttsd.client import Client
 
-    voices = tmp_path / "voices"
-    write_clip(voices / "erin.wav", seconds=2.0, seed=8)
-    env = daemon_hook_env(tmp_path / "hook", Path(__file__).resolve().parent.parent)
-    recorder = Recorder(pulse24)
-    recorder.start()
-    try:
-        daemon = start_daemon(_daemon_settings(voices), env=env, pulse=pulse24)
-        async with await Client.connect("127.0.0.1", daemon.port) as client:
-            # Many chunks, each far slower to make than to play: abort mid-generation.
-            text = " ".join(f"Sentence number {n} is here." for n in range(8))
-            loop = asyncio.get_running_loop()
-            sent = loop.time()
-            job = (await client.speak(text, voice="erin"))["job"]
-            while not any(m.get("type") == "started" for m in client.job_events(job)):
-                await asyncio.sleep(0.02)
-            chunk_time = loop.time() - sent  # one chunk of generation (and model load)
-            aborted_at = loop.time()
-            assert await client.abort_current() == [job]
-            quiet_from = recorder.now_index() + int(0.1 * SAMPLE_RATE)
-            nxt = (await client.speak("Next.", voice="erin"))["job"]
-            await client.wait_for_job(nxt, timeout=120)
-            started_next = next(
-                t for t, m in client.messages if m.get("type") == "started" and m["job"] == nxt
-            )
-            # The generator finished at most the chunk in flight, then moved on.
-            assert started_next - aborted_at < 2 * chunk_time + 2.0
-            assert [m["type"] for m in client.job_events(job)][-1] == "aborted"
-            after = sound_spans(recorder.samples()[quiet_from:], 0.05, SAMPLE_RATE)
-            assert len(after) <= 1  # only the next job's audio after the abort
-    finally:
-        recorder.stop()
+    daemon, recorder = tiny_daemon
+    async with await Client.connect("127.0.0.1", daemon.port) as client:
+        # Many chunks, each far slower to make than to play: abort mid-generation.
+        text = " ".join(f"Sentence number {n} is here." for n in range(8))
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
+        job = (await client.speak(text, voice="erin"))["job"]
+        while not any(m.get("type") == "started" for m in client.job_events(job)):
+            await asyncio.sleep(0.02)
+        chunk_time = loop.time() - sent  # one chunk of generation (and model load)
+        aborted_at = loop.time()
+        assert await client.abort_current() == [job]
+        quiet_from = recorder.now_index() + int(0.1 * SAMPLE_RATE)
+        nxt = (await client.speak("Next.", voice="erin"))["job"]
+        await client.wait_for_job(nxt, timeout=120)
+        started_next = next(
+            t for t, m in client.messages if m.get("type") == "started" and m["job"] == nxt
+        )
+        # The generator finished at most the chunk in flight, then moved on.
+        assert started_next - aborted_at < 2 * chunk_time + 2.0
+        assert [m["type"] for m in client.job_events(job)][-1] == "aborted"
+        after = sound_spans(recorder.samples()[quiet_from:], 0.05, SAMPLE_RATE)
+        assert len(after) <= 1  # only the next job's audio after the abort
