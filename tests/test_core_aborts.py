@@ -11,6 +11,7 @@ from ttsd.client import Client
 
 LONG = "This tone goes on for a good while, long enough to be cut short. " * 3  # ~4 s
 NEXT = "The next job."
+TONE_ONLY = {"tone": {"ms_per_char": 20.0}}
 
 
 async def wait_started(client: Client, job: int, timeout: float = 10) -> None:
@@ -91,3 +92,22 @@ async def test_abort_by_job_id_removes_a_queued_job(client: Client, recorder: Re
     assert find_exact(recorded, tone(NEXT, 500)) is not None
     assert find_exact(recorded, tone(NEXT, 900)) is not None
     assert (await client.wait_for_job(first, timeout=1))["type"] == "finished"
+
+
+async def test_abort_while_the_stream_drains_is_clean(start_daemon, recorder: Recorder) -> None:
+    # One 5 s chunk: it is all handed to pacat at once, so an abort 2.5 s in finds the
+    # player waiting for pacat to drain, with audio still queued in the pipe.
+    daemon = start_daemon(
+        {"engine": "tone", "chunk_chars": 300, "first_chunk_chars": 300, **TONE_ONLY}
+    )
+    async with await Client.connect("127.0.0.1", daemon.port) as client:
+        job = (await client.speak("x" * 250))["job"]
+        await wait_started(client, job)
+        await asyncio.sleep(2.5)
+        sent = time.monotonic()
+        assert (await client.request("abort_current"))["aborted"] == [job]
+        last = recorder.wait_for_silence(0.3, timeout=5)
+        assert recorder.time_of(last) - sent < 0.050
+        after = (await client.speak("Still here."))["job"]
+        assert (await client.wait_for_job(after, timeout=10))["type"] == "finished"
+    assert "Traceback" not in daemon.log and "InvalidStateError" not in daemon.log

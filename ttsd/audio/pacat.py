@@ -116,9 +116,11 @@ class PacatStream:
     async def finish(self) -> None:
         """Signal end of audio and wait until pacat has played everything out."""
         assert self.process is not None and self.process.stdin is not None
+        # No stdin.wait_closed(): it awaits asyncio's own close future, and a task
+        # cancelled there (an abort while draining) cancels that future too, so the pipe
+        # closing later makes asyncio log InvalidStateError. pacat's exit says enough.
         with contextlib.suppress(BrokenPipeError, ConnectionResetError, RuntimeError):
             self.process.stdin.close()
-            await self.process.stdin.wait_closed()
         await self.process.wait()
         if self.process.returncode != 0:
             raise await self._failure()
