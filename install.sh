@@ -209,8 +209,10 @@ install() {
         say "logs: journalctl --user -u tts"
     else
         say "no systemd user manager is running, so nothing was enabled."
-        say "run the daemon in the foreground with: $link serve"
-        say "(or, in a session with a user manager: systemctl --user enable --now tts.socket)"
+        if [ "$serve" = no ]; then
+            say "run the daemon in the foreground with: $link serve"
+            say "(or, in a session with a user manager: systemctl --user enable --now tts.socket)"
+        fi
     fi
 }
 
