@@ -13,11 +13,9 @@ import io
 import logging
 import os
 import re
-import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.daemon import write_config
+from tests.support.notify import DatagramListener
 from tests.support.pulse import PulseServer
 from ttsd.client import Client
 from ttsd.systemd import journal
@@ -49,30 +48,17 @@ def parse_entry(data: bytes) -> dict[str, str]:
     return fields
 
 
-class JournalSocket:
+class JournalSocket(DatagramListener):
     """A stand-in for journald's ``/run/systemd/journal/socket``."""
 
     def __init__(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self.entries: list[dict[str, str]] = []
-        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        self._socket.bind(str(directory / "socket"))
-        self._socket.settimeout(0.2)
-        self._running = True
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
+        super().__init__(directory / "socket")
 
-    def _read(self) -> None:
-        while self._running:
-            try:
-                data = self._socket.recv(1 << 16)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.entries.append(parse_entry(data))
+    def received(self, data: bytes, moment: float) -> None:
+        self.entries.append(parse_entry(data))
 
     def wait_for(
         self, predicate: Callable[[dict[str, str]], bool], timeout: float = 15.0
@@ -85,11 +71,6 @@ class JournalSocket:
             time.sleep(0.02)
         messages = [e.get("MESSAGE") for e in self.entries]
         raise AssertionError(f"no such journal entry within {timeout} s; got {messages}")
-
-    def close(self) -> None:
-        self._running = False
-        self._socket.close()
-        self._thread.join(2)
 
 
 def can_unshare() -> bool:
