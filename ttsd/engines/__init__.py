@@ -12,9 +12,17 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ttsd.engines.base import Engine, EngineError, OptionError
+from ttsd.engines.base import CancelToken, Engine, EngineError, OptionError
 
-__all__ = ["ENGINE_NAMES", "Engine", "EngineError", "OptionError", "create_engine", "resolve_auto"]
+__all__ = [
+    "ENGINE_NAMES",
+    "CancelToken",
+    "Engine",
+    "EngineError",
+    "OptionError",
+    "create_engine",
+    "resolve_auto",
+]
 
 log = logging.getLogger(__name__)
 

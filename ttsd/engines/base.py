@@ -1,16 +1,23 @@
 """The interface every speech engine implements.
 
-An engine turns one chunk of text (a sentence or so) into mono int16 PCM at its own
-sample rate. The scheduler calls :meth:`Engine.load`, :meth:`Engine.synthesize` and
-:meth:`Engine.unload` from a single worker thread, one call at a time, so engines need
-no locking of their own. :meth:`Engine.validate_options` and :meth:`Engine.voices` may
-be called from the event loop and must be cheap and must not touch the model.
+An engine turns one chunk of text (a sentence or a few) into mono int16 PCM at its own
+sample rate, either in one piece (:meth:`Engine.synthesize`) or as a stream of pieces
+made one after another (:meth:`Engine.stream`), which lets playback start with the first
+piece and lets an abort stop the engine between pieces (:class:`CancelToken`).
+
+The engine host calls :meth:`Engine.load`, :meth:`Engine.stream` (and the iteration of
+what it returns), :meth:`Engine.synthesize` and :meth:`Engine.unload` from a single
+worker thread, one call at a time, so engines need no locking of their own.
+:meth:`Engine.validate_options`, :meth:`Engine.check_voice` and :meth:`Engine.voices`
+may be called from the event loop and must be cheap and must not touch the model.
+Only :meth:`CancelToken.cancel` crosses threads.
 """
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -26,6 +33,31 @@ class EngineError(Exception):
 
 class OptionError(ValueError):
     """A per-job engine option is unknown or out of range (the client gets ``bad_option``)."""
+
+
+class CancelToken:
+    """Asks a running engine call to stop; set from any thread, polled by the engine.
+
+    An engine checks :attr:`cancelled` between units of work it can stop after (a
+    sentence, a token step, a vocoder call) and then returns early. Nothing is
+    interrupted from outside: the engine's own loop decides where it is safe to stop.
+    """
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        """Ask the call to stop at its next check. Idempotent."""
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def __repr__(self) -> str:
+        return f"CancelToken(cancelled={self.cancelled})"
 
 
 class Engine(ABC):
@@ -53,6 +85,25 @@ class Engine(ABC):
         ``options`` has already been through :meth:`validate_options`.
         Raise :class:`EngineError` when the chunk cannot be spoken.
         """
+
+    def stream(
+        self,
+        text: str,
+        voice: str | None,
+        options: Mapping[str, Any],
+        cancel: CancelToken,
+    ) -> Iterator[np.ndarray]:
+        """Speak one chunk of text as a sequence of PCM pieces, as they are made.
+
+        The pieces, concatenated, are the chunk's audio (mono int16, 1-D arrays). Once
+        ``cancel`` is set the iterator should stop soon, by returning: what "soon" means
+        is the engine's unit of work (Piper: a sentence or a bounded part of one;
+        Chatterbox: one token step or one vocoder call). Raise :class:`EngineError` when
+        the chunk cannot be spoken. The default makes the whole chunk with
+        :meth:`synthesize`, so it cannot stop midway.
+        """
+        if not cancel.cancelled:
+            yield self.synthesize(text, voice, options)
 
     def validate_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
         """Check per-job options; return them normalised or raise :class:`OptionError`."""
