@@ -11,13 +11,14 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from ttsd import __version__
-from ttsd.client import TERMINAL_EVENTS, Client, ClientError, ConnectionLost, RequestFailed
+from ttsd import __version__, protocol
+from ttsd.client import Client, ClientError, ConnectionLost, RequestFailed
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -113,6 +114,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     say.add_argument("--volume", type=_volume, help="playback volume 0.0-1.0")
     say.add_argument(
+        "--priority",
+        choices=protocol.PRIORITIES,
+        help="Speech Dispatcher's priorities (default: message); see docs/protocol.md",
+    )
+    say.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --priority important: the job it interrupts resumes afterwards",
+    )
+    say.add_argument("--key", help="replace a waiting job with the same key")
+    say.add_argument(
+        "--format",
+        choices=protocol.FORMATS,
+        help="how to read the text: auto (default: detects markdown), text, markdown",
+    )
+    say.add_argument(
         "--no-wait", action="store_true", help="return once queued and print the job id"
     )
     say.add_argument(
@@ -127,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the raw status reply")
 
     _client_command(subparsers, "events", "print every event as a JSON line until Ctrl-C")
+    _client_command(subparsers, "pause", "stop the sound now; jobs wait until `ttsd resume`")
+    _client_command(subparsers, "resume", "continue speaking where `ttsd pause` stopped")
     _client_command(subparsers, "terminate", "shut the daemon down")
     voices = _client_command(subparsers, "voices", "list the engine's voices")
     voices.add_argument("--json", action="store_true", help="print a JSON array")
@@ -152,17 +171,31 @@ def _error(message: str) -> None:
 
 
 class Progress:
-    """A one-line status on stderr, redrawn in place; silent unless stderr is a terminal."""
+    """A one-line status on stderr, redrawn in place; silent unless stderr is a terminal.
 
-    def __init__(self) -> None:
+    While a job speaks it shows a bar of the characters spoken so far and the start of
+    the sentence being spoken, cut to the terminal's width.
+    """
+
+    def __init__(self, text: str = "") -> None:
         self.enabled = sys.stderr.isatty()
+        self.text = text
         self._shown = False
 
     def show(self, text: str) -> None:
         if self.enabled:
-            sys.stderr.write(f"\r\x1b[K{text}")
+            width = shutil.get_terminal_size((80, 24)).columns - 1
+            line = text if len(text) <= width else text[: max(0, width - 1)] + "…"
+            sys.stderr.write(f"\r\x1b[K{line}")
             sys.stderr.flush()
             self._shown = True
+
+    def sentence(self, start: int, end: int) -> None:
+        """The sentence ``text[start:end]`` started playing."""
+        total = max(1, len(self.text))
+        filled = round(20 * end / total)
+        said = " ".join(self.text[start:end].split())
+        self.show(f"[{'#' * filled}{'.' * (20 - filled)}] {100 * end // total:3d}% {said}")
 
     def done(self, text: str | None = None) -> None:
         if text is not None:
@@ -193,9 +226,24 @@ async def _interruptible(awaitable: Awaitable[T]) -> T:
     raise Interrupted
 
 
+def _read_stdin() -> str:
+    """Standard input as text; bytes that are not valid in the locale's encoding are
+    replaced (with U+FFFD), with a warning, instead of failing the request."""
+    data = sys.stdin.buffer.read()
+    encoding = sys.stdin.encoding or "utf-8"
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        _error(
+            f"warning: stdin is not valid {encoding} (byte {exc.start}: "
+            f"{data[exc.start : exc.start + 1]!r}); such bytes were replaced"
+        )
+        return data.decode(encoding, errors="replace")
+
+
 def _read_text(words: list[str]) -> str:
     if words == ["-"]:
-        text = sys.stdin.read()
+        text = _read_stdin()
         if not text.strip():
             raise UsageError("nothing to say: stdin was empty")
         return text
@@ -214,6 +262,8 @@ async def _connect(args: argparse.Namespace) -> Client:
 
 
 async def cmd_say(args: argparse.Namespace) -> int:
+    if args.resume and args.priority != "important":
+        raise UsageError("--resume goes with --priority important")
     text = _read_text(args.text)
     options = dict(args.option)
     fields: dict[str, Any] = {}
@@ -221,24 +271,38 @@ async def cmd_say(args: argparse.Namespace) -> int:
         fields["voice"] = args.voice
     if options:
         fields["options"] = options
+    if args.format:
+        fields["format"] = args.format
     if args.output is not None:
         if args.no_wait:
             raise UsageError("--output and --no-wait do not go together")
-        if args.volume is not None:
-            raise UsageError("--volume applies to playback, not to --output")
+        for flag, value in (
+            ("--volume", args.volume),
+            ("--priority", args.priority),
+            ("--key", args.key),
+        ):
+            if value is not None:
+                raise UsageError(f"{flag} applies to playback, not to --output")
         return await _say_to_file(args, text, fields)
     if args.volume is not None:
         fields["volume"] = args.volume
+    if args.priority:
+        fields["priority"] = args.priority
+    if args.resume:
+        fields["resume"] = True
+    if args.key:
+        fields["key"] = args.key
 
     async with await _connect(args) as client:
         reply = await client.speak(text, **fields)
-        job = reply["job"]
+        job = reply.job
         if args.no_wait:
             print(job, flush=True)
             return EXIT_OK
-        progress = Progress()
-        position = reply.get("position", 1)
-        progress.show(f"job {job} queued" + (f", position {position}" if position > 1 else ""))
+        progress = Progress(text)
+        progress.show(
+            f"job {job} queued" + (f", position {reply.position}" if reply.position > 1 else "")
+        )
         try:
             end = await _interruptible(_follow(client, job, progress))
         except Interrupted:
@@ -251,56 +315,115 @@ async def cmd_say(args: argparse.Namespace) -> int:
             progress.done()
             _error(f"the daemon went away before job {job} ended ({exc})")
             return EXIT_ERROR
-    if end["type"] == "finished":
-        progress.done(f"job {job} finished ({end.get('audio_seconds', 0):.1f} s of audio)")
+    if isinstance(end, protocol.Finished):
+        progress.done(f"job {job} finished ({end.audio_seconds:.1f} s of audio)")
         return EXIT_OK
     progress.done()
-    if end["type"] == "aborted":
-        _error(f"job {job} aborted ({end.get('reason', 'no reason given')})")
+    if isinstance(end, protocol.Aborted):
+        by = f" by job {end.by}" if end.by else ""
+        _error(f"job {job} aborted ({end.reason or 'no reason given'}{by})")
         return EXIT_ABORTED
-    _error(f"job {job} failed: {end.get('code')}: {end.get('message')}")
+    assert isinstance(end, protocol.JobError)
+    _error(f"job {job} failed: {end.code}: {end.message}")
     return EXIT_ERROR
 
 
-async def _follow(client: Client, job: int, progress: Progress) -> dict[str, Any]:
+async def _follow(
+    client: Client, job: int, progress: Progress
+) -> protocol.Finished | protocol.Aborted | protocol.JobError:
     """Show ``job``'s progress until its terminal event, which is returned."""
     while True:
         event = await client.next_event()
         if event.get("job") != job:
             continue
-        if event["type"] == "started":
-            progress.show(f"job {job} speaking…")
-        elif event["type"] in TERMINAL_EVENTS:
-            return event
+        match event:
+            case protocol.Started():
+                progress.show(f"job {job} speaking…")
+            case protocol.Sentence(start=start, end=end):
+                progress.sentence(start, end)
+            case protocol.Postponed(by=by):
+                progress.show(f"job {job} postponed by job {by}; it will resume")
+            case protocol.Paused():
+                progress.show(f"job {job} paused (`ttsd resume` continues)")
+            case protocol.Finished() | protocol.Aborted() | protocol.JobError():
+                return event
 
 
 async def _say_to_file(args: argparse.Namespace, text: str, fields: dict[str, Any]) -> int:
-    async with await _connect(args) as client:
-        progress = Progress()
-        progress.show("synthesizing…")
-        try:
-            audio = await _interruptible(client.synthesize(text, **fields))
-        except Interrupted:
-            progress.done()
-            _error("interrupted")
-            return EXIT_INTERRUPTED
-    if args.output == "-":
-        audio.write_wav(sys.stdout.buffer)
-        sys.stdout.buffer.flush()
-    else:
-        try:
-            audio.write_wav(args.output)
-        except OSError as exc:
-            progress.done()
-            _error(f"cannot write {args.output}: {exc.strerror or exc}")
-            return EXIT_ERROR
-    progress.done(f"wrote {audio.seconds:.1f} s of audio at {audio.sample_rate} Hz")
-    return EXIT_OK
+    """Stream the speech into a WAV file as it is made (stdout with '-')."""
+    target: Any = None
+    try:
+        if args.output != "-":
+            try:
+                target = open(args.output, "wb")  # noqa: SIM115 - closed below
+            except OSError as exc:
+                _error(f"cannot write {args.output}: {exc.strerror or exc}")
+                return EXIT_ERROR
+        else:
+            target = sys.stdout.buffer
+        async with await _connect(args) as client:
+            progress = Progress()
+            progress.show("synthesizing…")
+            try:
+                samples, rate = await _interruptible(_stream_to(client, text, fields, target))
+            except Interrupted:
+                progress.done()
+                _error("interrupted")
+                return EXIT_INTERRUPTED
+            except OSError as exc:
+                progress.done()
+                _error(f"cannot write {args.output}: {exc.strerror or exc}")
+                return EXIT_ERROR
+        progress.done(f"wrote {samples / rate:.1f} s of audio at {rate} Hz")
+        return EXIT_OK
+    finally:
+        if target is not None and target is not sys.stdout.buffer:
+            target.close()
+
+
+async def _stream_to(
+    client: Client, text: str, fields: dict[str, Any], target: Any
+) -> tuple[int, int]:
+    """Write a WAV header then the PCM as it comes; fix the header's sizes at the end
+    when the target can seek (a pipe gets a header that says "to the end")."""
+    stream = await client.stream_audio(text, **fields)
+    rate = stream.sample_rate
+    target.write(wav_header(rate, None))
+    samples = 0
+    async for pcm in stream:
+        target.write(pcm)
+        samples += len(pcm) // 2
+    target.flush()
+    if target.seekable():
+        target.seek(0)
+        target.write(wav_header(rate, samples))
+        target.flush()
+    return samples, rate
+
+
+def wav_header(rate: int, samples: int | None) -> bytes:
+    """A 44-byte header of a mono 16-bit PCM WAV file of ``samples`` samples (None: of
+    unknown length, with the sizes set to the maximum, as streaming writers do)."""
+    data = 0xFFFFFFFF - 36 if samples is None else samples * 2
+    return b"".join(
+        [
+            b"RIFF",
+            (36 + data).to_bytes(4, "little"),
+            b"WAVEfmt ",
+            (16).to_bytes(4, "little"),
+            (1).to_bytes(2, "little"),  # PCM
+            (1).to_bytes(2, "little"),  # mono
+            rate.to_bytes(4, "little"),
+            (rate * 2).to_bytes(4, "little"),
+            (2).to_bytes(2, "little"),
+            (16).to_bytes(2, "little"),
+            b"data",
+            data.to_bytes(4, "little"),
+        ]
+    )
 
 
 async def cmd_abort(args: argparse.Namespace) -> int:
-    if args.all and args.job is not None:
-        raise UsageError("give a JOB or --all, not both")
     async with await _connect(args) as client:
         if args.all:
             aborted = await client.abort_all()
@@ -315,36 +438,57 @@ async def cmd_abort(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def cmd_pause(args: argparse.Namespace) -> int:
+    async with await _connect(args) as client:
+        reply = await client.pause()
+    _error(f"paused (job {reply.job})" if reply.job else "paused (nothing was playing)")
+    return EXIT_OK
+
+
+async def cmd_resume(args: argparse.Namespace) -> int:
+    async with await _connect(args) as client:
+        reply = await client.resume()
+    _error(f"resumed (job {reply.job})" if reply.job else "resumed")
+    return EXIT_OK
+
+
 def _describe_job(job: dict[str, Any]) -> str:
-    made = f"{job.get('generated', '?')}/{job.get('chunks', '?')} chunks made"
-    return f"job {job.get('job')} ({job.get('state')}, {made}): {job.get('text', '')!r}"
+    made = f"{job.get('generated', '?')}/{job.get('chunks', '?')} sentences made"
+    who = job.get("client", "?")
+    return f"job {job.get('job')} ({job.get('state')}, {made}, from {who}): {job.get('text', '')!r}"
 
 
-def format_status(status: dict[str, Any]) -> str:
+def format_status(status: protocol.StatusReply) -> str:
     """The ``status`` reply as a few human-readable lines."""
-    engine = status.get("engine", {})
-    audio = status.get("audio", {})
+    engine = status.engine
+    audio = status.audio
     rate = f", {engine['sample_rate']} Hz" if "sample_rate" in engine else ""
     lines = [
-        f"ttsd {status.get('version', '?')}, {status.get('clients', 0)} client(s) connected",
+        f"ttsd {status.version or '?'}, {status.clients} client(s) connected",
         f"engine:  {engine.get('name', '?')} ({engine.get('state', '?')}{rate})"
         + (f": {engine['error']}" if engine.get("error") else ""),
-        f"audio:   {audio.get('state', '?')}, sink {audio.get('sink') or 'default'}"
+        f"audio:   {audio.get('state', '?')}"
         + (f": {audio['error']}" if audio.get("error") else ""),
     ]
-    current = status.get("current")
-    lines.append("playing: " + (_describe_job(current) if current else "nothing"))
-    queue = status.get("queue") or []
-    lines.append(f"queued:  {len(queue)} job(s)")
-    lines += [f"  {job['position']}. {_describe_job(job)}" for job in queue]
+    current = status.current
+    state = "paused:  " if status.paused else "playing: "
+    lines.append(state + (_describe_job(current) if current else "nothing"))
+    lines.append(f"queued:  {len(status.queue)} job(s)")
+    lines += [f"  {job['position']}. {_describe_job(job)}" for job in status.queue]
+    if status.synthesizing:
+        lines.append(f"synthesizing: {len(status.synthesizing)} request(s)")
     return "\n".join(lines)
 
 
 async def cmd_status(args: argparse.Namespace) -> int:
     async with await _connect(args) as client:
         status = await client.status()
-    status.pop("id", None)
-    print(json.dumps(status, ensure_ascii=False) if args.json else format_status(status))
+    if args.json:
+        data = status.to_json()
+        data.pop("id", None)
+        print(json.dumps(data, ensure_ascii=False))
+    else:
+        print(format_status(status))
     return EXIT_OK
 
 
@@ -360,7 +504,7 @@ async def cmd_events(args: argparse.Namespace) -> int:
 
         async def pump() -> None:
             async for event in client.events():
-                print(json.dumps(event, ensure_ascii=False), flush=True)
+                print(json.dumps(event.to_json(), ensure_ascii=False), flush=True)
 
         try:
             await _interruptible(pump())
@@ -385,7 +529,7 @@ async def cmd_terminate(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ttsd.server import daemon
+    from ttsd import daemon
 
     overrides = {
         key: getattr(args, key, None)
@@ -401,6 +545,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
     "voices": cmd_voices,
     "events": cmd_events,
     "terminate": cmd_terminate,
+    "pause": cmd_pause,
+    "resume": cmd_resume,
 }
 
 
@@ -412,7 +558,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return asyncio.run(COMMANDS[args.command](args))
     except UsageError as exc:
-        parser.print_usage(sys.stderr)
+        # The usage of the subcommand whose options conflict, not the top-level one.
+        subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        subparsers.choices[args.command].print_usage(sys.stderr)
         _error(str(exc))
         return EXIT_USAGE
     except RequestFailed as exc:

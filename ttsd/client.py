@@ -1,11 +1,12 @@
-"""An asyncio client for the ttsd daemon, on ``websockets``.
+"""An asyncio client for the ttsd daemon, on ``websockets``, with typed messages.
 
 >>> async with await Client.connect() as client:
-...     reply = await client.speak("Hello there.")
-...     end = await client.wait_for_job(reply["job"])
+...     queued = await client.speak("Hello there.")
+...     end = await client.wait_for_job(queued.job)   # Finished, Aborted or JobError
 
-Every message the server sends is kept in :attr:`Client.messages` with the time it
-arrived; events (messages that answer no request) also go to :meth:`Client.next_event`.
+Every message is a class of :mod:`ttsd.protocol` (``Queued``, ``Finished``...). Each
+message the server sends is kept in :attr:`Client.messages` with the time it arrived;
+events (messages that answer no request) also go to :meth:`Client.next_event`.
 
 Errors are all :class:`ClientError`: :class:`DaemonNotRunning` when nothing accepts the
 connection, :class:`RequestFailed` (with the server's ``code``) for an ``error`` reply,
@@ -13,6 +14,9 @@ connection, :class:`RequestFailed` (with the server's ``code``) for an ``error``
 :class:`RequestTimeout` (also a :class:`TimeoutError`) when no reply comes in time.
 After the daemon went away, :meth:`Client.reconnect` opens a new connection to the
 same address; jobs live in the daemon, so their later events arrive on the new one.
+
+The daemon's address is ``host``/``port`` if given, else ``TTS_HOST``/``TTS_PORT``,
+else ``host``/``port`` of the daemon's own config file, else 127.0.0.1:11500.
 """
 
 from __future__ import annotations
@@ -20,29 +24,33 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import itertools
-import json
 import os
+import struct
 import time
 import wave
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from ttsd import protocol
+from ttsd.config import ConfigError, load_config
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11500
-
-TERMINAL_EVENTS = frozenset({"finished", "aborted", "error"})
 
 START_HINT = "start it with `ttsd serve` (or `systemctl --user start tts.socket`)"
 
 # Backoff between connection attempts while retrying (seconds).
 _RETRY_FIRST = 0.05
 _RETRY_MAX = 0.5
+
+M = TypeVar("M", bound=protocol.Message)
 
 
 class ClientError(Exception):
@@ -70,22 +78,39 @@ class RequestTimeout(ClientError, TimeoutError):
 class RequestFailed(ClientError):
     """The server answered a request with an ``error`` reply."""
 
-    def __init__(self, reply: dict[str, Any]) -> None:
-        super().__init__(f"{reply.get('code')}: {reply.get('message')}")
+    def __init__(self, reply: protocol.ErrorReply) -> None:
+        super().__init__(f"{reply.code}: {reply.message}")
         self.reply = reply
-        self.code = reply.get("code")
-        self.message = str(reply.get("message", ""))
+        self.code = reply.code
+        self.message = reply.message
 
 
 def default_address(host: str | None = None, port: int | None = None) -> tuple[str, int]:
-    """``host``/``port``, else ``TTS_HOST``/``TTS_PORT``, else 127.0.0.1:11500."""
-    host = host or os.environ.get("TTS_HOST") or DEFAULT_HOST
+    """Where the daemon is: arguments, else the environment, else its config file."""
+    configured: tuple[str, int] | None = None
+
+    def from_config() -> tuple[str, int]:
+        nonlocal configured
+        if configured is None:
+            try:
+                config = load_config(env={k: v for k, v in os.environ.items() if k == "TTS_CONFIG"})
+                configured = (config.host, config.port)
+            except ConfigError:
+                configured = (DEFAULT_HOST, DEFAULT_PORT)
+        return configured
+
+    host = host or os.environ.get("TTS_HOST") or from_config()[0]
+    if host in ("0.0.0.0", "::", ""):  # the daemon binds every address: reach it locally
+        host = DEFAULT_HOST
     if port is None:
-        raw = os.environ.get("TTS_PORT") or str(DEFAULT_PORT)
-        try:
-            port = int(raw)
-        except ValueError:
-            raise ClientError(f"TTS_PORT must be a port number, got {raw!r}") from None
+        raw = os.environ.get("TTS_PORT")
+        if raw:
+            try:
+                port = int(raw)
+            except ValueError:
+                raise ClientError(f"TTS_PORT must be a port number, got {raw!r}") from None
+        else:
+            port = from_config()[1] or DEFAULT_PORT
     return host, port
 
 
@@ -121,10 +146,11 @@ def _reason(exc: BaseException) -> str:
 
 @dataclass(frozen=True)
 class Audio:
-    """The reply to ``synthesize``: mono signed 16-bit little-endian PCM."""
+    """Synthesized speech: mono signed 16-bit little-endian PCM."""
 
-    pcm: bytes
+    pcm: bytes = dataclasses.field(repr=False)
     sample_rate: int
+    job: int | None = None
 
     @property
     def samples(self) -> int:
@@ -134,19 +160,21 @@ class Audio:
     def seconds(self) -> float:
         return self.samples / self.sample_rate
 
+    def __repr__(self) -> str:
+        return f"Audio({self.seconds:.2f} s at {self.sample_rate} Hz, job={self.job})"
+
     @classmethod
-    def from_reply(cls, reply: dict[str, Any]) -> Audio:
+    def from_reply(cls, reply: protocol.AudioReply) -> Audio:
         """Decode an ``audio`` reply, checking it says what the data holds."""
-        if reply.get("format") != "s16le" or reply.get("channels") != 1:
-            raise ClientError(f"unsupported audio format in reply: {reply.get('format')!r}")
+        if reply.format != "s16le" or reply.channels != 1:
+            raise ClientError(f"unsupported audio format in reply: {reply.format!r}")
         try:
-            pcm = base64.b64decode(reply["data"], validate=True)
-            rate = int(reply["sample_rate"])
-        except (KeyError, TypeError, ValueError) as exc:
+            pcm = base64.b64decode(reply.data, validate=True)
+        except (TypeError, ValueError) as exc:
             raise ClientError(f"malformed audio reply: {exc}") from None
-        if len(pcm) != 2 * reply.get("samples", -1):
+        if len(pcm) != 2 * reply.samples:
             raise ClientError("audio reply: 'samples' does not match the data")
-        return cls(pcm, rate)
+        return cls(pcm, int(reply.sample_rate), reply.job)
 
     def write_wav(self, target: str | Path | BinaryIO) -> None:
         """Write a 16-bit mono WAV file (to a path or a binary file object)."""
@@ -158,6 +186,47 @@ class Audio:
             # target need not be seekable (a pipe works).
             out.setnframes(self.samples)
             out.writeframes(self.pcm)
+
+
+@dataclass
+class AudioStream:
+    """A streamed synthesis: its header, then its PCM as it arrives (see
+    :meth:`Client.stream_audio`)."""
+
+    start: protocol.AudioStart
+    _queue: asyncio.Queue[bytes | protocol.Message | None]
+    #: The end frame once it came: ``outcome`` is ``finished``, ``aborted`` or ``error``.
+    end: protocol.AudioEnd | None = None
+
+    @property
+    def job(self) -> int:
+        return self.start.job
+
+    @property
+    def sample_rate(self) -> int:
+        return self.start.sample_rate
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._pieces()
+
+    async def _pieces(self) -> AsyncIterator[bytes]:
+        """Each piece of PCM as it arrives; raises :class:`RequestFailed` if the
+        synthesis ends in ``error`` or ``aborted``."""
+        while True:
+            item = await self._queue.get()
+            if isinstance(item, bytes):
+                yield item
+                continue
+            if isinstance(item, protocol.AudioEnd):
+                self.end = item
+                if item.outcome != "finished":
+                    raise RequestFailed(
+                        protocol.ErrorReply(
+                            code=item.code or item.outcome, message=item.message or item.outcome
+                        )
+                    )
+                return
+            raise ConnectionLost(None, "closed during a streamed synthesis")
 
 
 class Client:
@@ -176,13 +245,14 @@ class Client:
         self._timeout = timeout
         self._options = dict(options or {})
         self._token: str | None = None
-        self.hello: dict[str, Any] = {}
+        self.hello = protocol.Hello()
         #: Every message received, as (monotonic time, message), across reconnects.
-        self.messages: list[tuple[float, dict[str, Any]]] = []
+        self.messages: list[tuple[float, protocol.Message]] = []
         #: How many times :meth:`reconnect` opened a new connection.
         self.reconnects = 0
-        self._events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
-        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._events: asyncio.Queue[protocol.Message | None] = asyncio.Queue()
+        self._pending: dict[int, asyncio.Future[protocol.Message]] = {}
+        self._streams: dict[int, asyncio.Queue[bytes | protocol.Message | None]] = {}
         self._ids = itertools.count(1)
         self._reader: asyncio.Task[None] | None = None
         # Index in ``messages`` of the current connection's hello: job ids are per
@@ -196,7 +266,7 @@ class Client:
     @staticmethod
     async def _open(
         url: str, timeout: float, retry_for: float, options: dict[str, Any], token: str | None
-    ) -> tuple[ClientConnection, dict[str, Any]]:
+    ) -> tuple[ClientConnection, protocol.Hello]:
         """Connect to ``url`` and read its hello, retrying refused connections."""
         if token:
             options = {**options, "additional_headers": {"Authorization": f"Bearer {token}"}}
@@ -226,13 +296,13 @@ class Client:
             await asyncio.sleep(delay)
             delay = min(delay * 2, _RETRY_MAX)
         try:
-            hello = json.loads(await asyncio.wait_for(connection.recv(), timeout))
-            if not isinstance(hello, dict) or hello.get("type") != "hello":
+            hello = protocol.decode(await asyncio.wait_for(connection.recv(), timeout))
+            if not isinstance(hello, protocol.Hello):
                 raise ValueError(f"first message is not a hello: {hello!r:.100}")
         except (ConnectionClosed, asyncio.TimeoutError, ValueError) as exc:
             await connection.close()
             raise ClientError(f"{url} sent no hello: {exc or exc.__class__.__name__}") from None
-        if hello.get("auth") == "required":
+        if hello.auth == "required":
             # The Authorization header was missing or wrong: the daemon waits for ``auth``.
             await connection.close()
             raise ClientError(
@@ -266,7 +336,7 @@ class Client:
         client._start(hello)
         return client
 
-    def _start(self, hello: dict[str, Any]) -> None:
+    def _start(self, hello: protocol.Hello) -> None:
         self.hello = hello
         self.close_code, self.close_reason = None, ""
         self._first_message = len(self.messages)
@@ -292,7 +362,7 @@ class Client:
         self._events = asyncio.Queue()
         self._start(hello)
 
-    def _current_messages(self) -> list[dict[str, Any]]:
+    def _current_messages(self) -> list[protocol.Message]:
         return [m for _, m in self.messages[self._first_message :]]
 
     @property
@@ -326,20 +396,24 @@ class Client:
     async def _read(self, connection: ClientConnection) -> None:
         try:
             async for frame in connection:
+                if isinstance(frame, bytes):
+                    self._audio_frame(frame)
+                    continue
                 try:
-                    message = json.loads(frame)
-                    if not isinstance(message, dict):
-                        raise ValueError("not a JSON object")
+                    message = protocol.decode(frame)
                 except ValueError as exc:
                     # A peer that breaks the protocol cannot be trusted with more requests.
                     self.close_reason = f"the server sent an invalid message ({exc})"
                     await connection.close(1002, "invalid message")
                     break
                 self.messages.append((time.monotonic(), message))
-                future = self._pending.pop(message.get("id"), None)  # type: ignore[arg-type]
+                if isinstance(message, protocol.AudioEnd) and message.job in self._streams:
+                    self._streams.pop(message.job).put_nowait(message)
+                request_id = message.get("id")
+                future = self._pending.pop(request_id, None) if request_id is not None else None
                 if future is not None and not future.done():
                     future.set_result(message)
-                else:
+                elif request_id is None:
                     self._events.put_nowait(message)
         except ConnectionClosed:
             pass
@@ -351,9 +425,21 @@ class Client:
                 if not future.done():
                     future.set_exception(ConnectionLost(self.close_code, self.close_reason))
                 self._pending.pop(request_id, None)
+            for queue in self._streams.values():
+                queue.put_nowait(None)
+            self._streams.clear()
             self._events.put_nowait(None)
 
-    async def next_event(self, timeout: float | None = None) -> dict[str, Any]:
+    def _audio_frame(self, frame: bytes) -> None:
+        """A binary frame of a streamed synthesis: a 4-byte job id, then PCM."""
+        if len(frame) < 4:
+            return
+        (job,) = struct.unpack_from("<I", frame)
+        queue = self._streams.get(job)
+        if queue is not None:
+            queue.put_nowait(frame[4:])
+
+    async def next_event(self, timeout: float | None = None) -> protocol.Message:
         """The next event; raise :class:`ConnectionLost` once the connection is closed."""
         try:
             event = await asyncio.wait_for(self._events.get(), timeout)
@@ -364,7 +450,7 @@ class Client:
             raise ConnectionLost(self.close_code, self.close_reason)
         return event
 
-    async def events(self) -> AsyncIterator[dict[str, Any]]:
+    async def events(self) -> AsyncIterator[protocol.Message]:
         """Every event until the connection closes."""
         while True:
             try:
@@ -372,17 +458,39 @@ class Client:
             except ConnectionLost:
                 return
 
-    async def wait_for_job(self, job: int, timeout: float | None = None) -> dict[str, Any]:
-        """Wait for ``job``'s terminal event (``finished``, ``aborted`` or ``error``)."""
+    async def wait_for(
+        self, kind: type[M], job: int | None = None, timeout: float | None = None
+    ) -> M:
+        """Wait for an event of class ``kind`` (about ``job`` if given); one that came
+        already on this connection counts."""
         for message in self._current_messages():
-            terminal = message.get("type") in TERMINAL_EVENTS and "id" not in message
-            if terminal and message.get("job") == job:
+            if isinstance(message, kind) and (job is None or message.get("job") == job):
                 return message
 
-        async def wait() -> dict[str, Any]:
+        async def wait() -> M:
             while True:
                 event = await self.next_event()
-                if event.get("job") == job and event.get("type") in TERMINAL_EVENTS:
+                if isinstance(event, kind) and (job is None or event.get("job") == job):
+                    return event
+
+        try:
+            return await asyncio.wait_for(wait(), timeout)
+        except asyncio.TimeoutError:
+            what = kind.TYPE + (f" of job {job}" if job is not None else "")
+            raise RequestTimeout(f"no {what} within {timeout} s") from None
+
+    async def wait_for_job(
+        self, job: int, timeout: float | None = None
+    ) -> protocol.Finished | protocol.Aborted | protocol.JobError:
+        """Wait for ``job``'s terminal event (``finished``, ``aborted`` or ``error``)."""
+        for message in self._current_messages():
+            if isinstance(message, protocol.TERMINAL) and message.job == job:
+                return message
+
+        async def wait() -> protocol.Finished | protocol.Aborted | protocol.JobError:
+            while True:
+                event = await self.next_event()
+                if isinstance(event, protocol.TERMINAL) and event.job == job:
                     return event
 
         try:
@@ -390,7 +498,7 @@ class Client:
         except asyncio.TimeoutError:
             raise RequestTimeout(f"job {job} did not end within {timeout} s") from None
 
-    def job_events(self, job: int) -> list[dict[str, Any]]:
+    def job_events(self, job: int) -> list[protocol.Message]:
         """Every message received so far about ``job`` on this connection, in order."""
         return [m for m in self._current_messages() if m.get("job") == job]
 
@@ -400,62 +508,123 @@ class Client:
         """Send a frame as is (for tests of bad input)."""
         await self.connection.send(frame)
 
-    async def request(
-        self, kind: str, *, timeout: float | None = 10.0, **fields: Any
-    ) -> dict[str, Any]:
-        """Send a request, return its reply; raise :class:`RequestFailed` on ``error``."""
+    async def send(
+        self, request: protocol.Request, *, timeout: float | None = 10.0
+    ) -> protocol.Message:
+        """Send ``request`` (its ``id`` is set here) and return the reply; raise
+        :class:`RequestFailed` on an ``error`` reply."""
         if self.closed:
             raise ConnectionLost(self.close_code, self.close_reason)
         request_id = next(self._ids)
         future = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
+        frame = protocol.encode(dataclasses.replace(request, id=request_id))
         try:
-            await self.connection.send(json.dumps({"type": kind, "id": request_id, **fields}))
+            await self.connection.send(frame)
         except ConnectionClosed as exc:
             self._pending.pop(request_id, None)
             raise ConnectionLost(exc.rcvd.code if exc.rcvd else None) from None
         try:
             reply = await asyncio.wait_for(future, timeout)
         except asyncio.TimeoutError:
-            raise RequestTimeout(f"no reply to {kind} within {timeout} s") from None
+            raise RequestTimeout(f"no reply to {request.TYPE} within {timeout} s") from None
         finally:
             self._pending.pop(request_id, None)
-        if reply.get("type") == "error":
+        if isinstance(reply, protocol.ErrorReply):
             raise RequestFailed(reply)
         return reply
 
-    async def speak(self, text: str, **fields: Any) -> dict[str, Any]:
+    async def request(
+        self, kind: str, *, timeout: float | None = 10.0, **fields: Any
+    ) -> protocol.Message:
+        """Send a request of type ``kind`` with ``fields``; return its reply."""
+        cls = protocol.REQUEST_CLASSES.get(kind)
+        if cls is None:
+            raise ClientError(f"unknown request type {kind!r}")
+        return await self.send(cls(**fields), timeout=timeout)
+
+    async def _expect(self, cls: type[M], request: protocol.Request, **kwargs: Any) -> M:
+        reply = await self.send(request, **kwargs)
+        if not isinstance(reply, cls):
+            raise ClientError(f"expected a {cls.TYPE} reply to {request.TYPE}, got {reply.TYPE}")
+        return reply
+
+    async def speak(self, text: str, **fields: Any) -> protocol.Queued:
         """Queue ``text``; return the ``queued`` reply (with ``job`` and ``position``).
 
-        ``fields`` may hold ``voice``, ``volume`` (0.0-1.0) and ``options`` (a dict).
+        ``fields``: ``voice``, ``volume`` (0.0-1.0), ``options`` (a dict), ``priority``,
+        ``key``, ``resume``, ``format``, ``cancel_on_disconnect``.
         """
-        return await self.request("speak", text=text, **fields)
+        return await self._expect(protocol.Queued, protocol.Speak(text=text, **fields))
 
     async def synthesize(self, text: str, *, timeout: float | None = None, **fields: Any) -> Audio:
         """Have the daemon make the audio for ``text`` and send it back (nothing plays)."""
-        return Audio.from_reply(
-            await self.request("synthesize", timeout=timeout, text=text, **fields)
+        reply = await self._expect(
+            protocol.AudioReply, protocol.Synthesize(text=text, **fields), timeout=timeout
         )
+        return Audio.from_reply(reply)
+
+    async def stream_audio(self, text: str, **fields: Any) -> AudioStream:
+        """Start a streamed synthesis; iterate over the result for PCM as it is made.
+
+        >>> stream = await client.stream_audio("Hello there.")
+        >>> async for pcm in stream: ...   # bytes of s16le at stream.sample_rate
+        """
+        start = await self._expect(
+            protocol.AudioStart, protocol.Synthesize(text=text, stream=True, **fields), timeout=None
+        )
+        queue: asyncio.Queue[bytes | protocol.Message | None] = asyncio.Queue()
+        self._streams[start.job] = queue
+        # Frames that arrived before this method saw the header (none: the header is sent
+        # first and frames are routed by job id) and an end that came already:
+        for message in self._current_messages():
+            if isinstance(message, protocol.AudioEnd) and message.job == start.job:
+                self._streams.pop(start.job, None)
+                queue.put_nowait(message)
+        return AudioStream(start, queue)
 
     async def abort_current(self) -> list[int]:
         """Abort the playing job; return the ids aborted ([] if nothing was playing)."""
-        return list((await self.request("abort_current"))["aborted"])
+        return list((await self._expect(protocol.Ok, protocol.AbortCurrent())).aborted or [])
 
     async def abort_all(self) -> list[int]:
-        """Abort the playing job and every queued one; return their ids."""
-        return list((await self.request("abort_all"))["aborted"])
+        """Abort every job (playing, queued, synthesizing); return their ids."""
+        return list((await self._expect(protocol.Ok, protocol.AbortAll())).aborted or [])
 
     async def abort(self, job: int) -> list[int]:
         """Abort one job; [] if it had already ended (``unknown_job`` if it never existed)."""
-        return list((await self.request("abort", job=job))["aborted"])
+        return list((await self._expect(protocol.Ok, protocol.Abort(job=job))).aborted or [])
 
-    async def status(self) -> dict[str, Any]:
-        return await self.request("status")
+    async def abort_client(self, client: str) -> list[int]:
+        """Abort every job of the client named ``client``."""
+        return list((await self._expect(protocol.Ok, protocol.Abort(client=client))).aborted or [])
+
+    async def pause(self) -> protocol.Ok:
+        """Stop the sound at once; jobs wait until :meth:`resume`."""
+        return await self._expect(protocol.Ok, protocol.Pause())
+
+    async def resume(self) -> protocol.Ok:
+        return await self._expect(protocol.Ok, protocol.Resume())
+
+    async def identify(self, name: str, **defaults: Any) -> protocol.Ok:
+        """Name this client; ``defaults`` (``voice``, ``priority``, ``volume``) apply to
+        its later ``speak`` requests."""
+        return await self._expect(protocol.Ok, protocol.Identify(name=name, **defaults))
+
+    async def normalize(self, text: str, **fields: Any) -> protocol.NormalizeReply:
+        """What ``speak`` would say for ``text``, sentence by sentence."""
+        return await self._expect(protocol.NormalizeReply, protocol.Normalize(text=text, **fields))
+
+    async def status(self) -> protocol.StatusReply:
+        return await self._expect(protocol.StatusReply, protocol.Status())
 
     async def voices(self) -> list[str]:
-        return list((await self.request("voices"))["voices"])
+        return list((await self._expect(protocol.VoicesReply, protocol.Voices())).voices)
+
+    async def ping(self) -> protocol.Pong:
+        return await self._expect(protocol.Pong, protocol.Ping())
 
     async def terminate(self, timeout: float | None = 15.0) -> int | None:
         """Ask the daemon to shut down; return the close code once it has closed."""
-        await self.request("terminate")
+        await self._expect(protocol.Ok, protocol.Terminate())
         return await self.wait_closed(timeout)

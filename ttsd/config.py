@@ -1,9 +1,13 @@
 """Settings: defaults, then the TOML file, then ``TTS_*`` environment, then flags.
 
 Every top-level setting ``name`` can be set as ``name = ...`` in the config file, as
-``TTS_NAME`` in the environment, and as ``--name`` on ``ttsd serve``. Engine settings
-live in a table named after the engine (``[piper]``, ``[chatterbox]``, ``[tone]``).
-A bad value raises :class:`ConfigError` with one line naming the setting.
+``TTS_NAME`` in the environment (except ``token``: ``TTS_TOKEN`` is the *clients'*
+variable, so the daemon reads its token only from the file or the token file), and
+as ``--name`` on ``ttsd serve``. Engine settings live in a table named after the
+engine (``[piper]``, ``[chatterbox]``, ``[tone]``, ``[remote]``). A bad value raises
+:class:`ConfigError` with one line naming the setting.
+
+This module imports nothing of ttsd: every layer may read the configuration.
 """
 
 from __future__ import annotations
@@ -15,9 +19,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
 
-from ttsd.engines import ENGINE_NAMES
+#: Names accepted by the ``engine`` setting (``ttsd.engines`` builds each of them).
+ENGINE_NAMES = ("auto", "piper", "chatterbox", "tone")
 
 
 class ConfigError(Exception):
@@ -94,6 +102,11 @@ class Config:
     """Seconds with no clients and no jobs before the daemon exits (0: never)."""
     engine_unload: float = 0.0
     """Seconds with no jobs before the model is unloaded (0: never)."""
+    max_synthesize_per_client: int = 2
+    """``synthesize`` requests one connection may have in progress at once."""
+    stall_timeout: float = 5.0
+    """Seconds a playback stream may make no progress before its job fails
+    (``playback_stalled``): a frozen sound server never hangs a job."""
     log_level: str = "info"
     """``debug``, ``info``, ``warning`` or ``error``."""
     engines: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
@@ -111,9 +124,12 @@ class Config:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config) if f.name != "engines"}
+#: Settings that the environment cannot set (see the module docstring).
+_NOT_FROM_ENV = frozenset({"token"})
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _AUTH_MODES = ("none", "token")
 _AT_LEAST_ONE = (
+    "max_synthesize_per_client",
     "max_text_length",
     "max_queue",
     "max_queue_per_client",
@@ -198,6 +214,8 @@ def _check(name: str, value: Any, where: str) -> None:
         fail("must be host names")
     if name in ("ahead_seconds", "idle_exit", "engine_unload") and not value >= 0:
         fail("must be zero or more")
+    if name == "stall_timeout" and not 0.5 <= value <= 600:
+        fail("must be between 0.5 and 600 seconds")
     if name == "auth_timeout" and not 0 < value <= 3600:
         fail("must be more than 0 and at most 3600 seconds")
     if name == "host" and not value:
@@ -234,7 +252,7 @@ def load_config(
                 raise ConfigError(f"{path}: unknown setting {key!r}")
     elif "TTS_CONFIG" in env:
         raise ConfigError(f"TTS_CONFIG: no such file {path}")
-    for key in _FIELDS:
+    for key in _FIELDS.keys() - _NOT_FROM_ENV:
         raw = env.get(f"TTS_{key.upper()}")
         if raw is not None and raw != "":
             setattr(config, key, _convert(key, raw.strip(), f"TTS_{key.upper()}"))

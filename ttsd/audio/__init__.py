@@ -1,6 +1,30 @@
-"""Audio output: playback streams through pacat and PulseAudio server checks."""
+"""Audio output: the interface the player uses, and its PulseAudio implementation.
 
-from ttsd.audio.pacat import PacatStream, PlaybackError
-from ttsd.audio.pulse import AudioUnavailable, PulseMonitor
+:mod:`.output` is the small interface (open a stream at a rate with a name and a
+volume; write; finish; kill); :mod:`.pacat` implements it with one ``pacat`` process
+per stream; :mod:`.pulse` asks the PulseAudio server questions through ``pulsectl``,
+every one of them bounded by a timeout.
+"""
 
-__all__ = ["AudioUnavailable", "PacatStream", "PlaybackError", "PulseMonitor"]
+from ttsd.audio.output import (
+    AudioOutput,
+    AudioStream,
+    AudioUnavailable,
+    PlaybackError,
+    ServerInfo,
+    StreamInfo,
+)
+from ttsd.audio.pacat import PacatOutput, PacatStream
+from ttsd.audio.pulse import PulseMonitor
+
+__all__ = [
+    "AudioOutput",
+    "AudioStream",
+    "AudioUnavailable",
+    "PacatOutput",
+    "PacatStream",
+    "PlaybackError",
+    "PulseMonitor",
+    "ServerInfo",
+    "StreamInfo",
+]

@@ -1,10 +1,12 @@
-"""One playback stream: raw PCM written into a ``pacat`` child process.
+"""Playback streams through ``pacat``, one child process per stream.
 
 pacat connects to PulseAudio (or PipeWire's pulse server) like any desktop client, so
 the stream shows up with its name and role in volume controls and can be ducked or
 moved. Killing the process ends the sound at once: the server drops the stream's
 buffer when its client disconnects. Writes to a pacat that died, whoever killed it,
-raise :class:`PlaybackError` and never ``BrokenPipeError``.
+raise :class:`PlaybackError`, never ``BrokenPipeError``.
+
+This module is the only code that starts or kills pacat.
 """
 
 from __future__ import annotations
@@ -13,24 +15,24 @@ import asyncio
 import contextlib
 import re
 import signal
+import time
 from collections import deque
+from collections.abc import Callable
+
+from ttsd.audio.output import PlaybackError, ServerInfo, StreamInfo
+from ttsd.audio.pulse import PulseMonitor
+from ttsd.errors import Code
 
 PACAT = "pacat"
 
 # pacat -v redraws its status line with carriage returns and "erase line" escapes.
 _LINE_BREAK = re.compile(rb"[\r\n]+|\x1b\[K")
-
-
-class PlaybackError(Exception):
-    """The stream failed; ``code`` becomes the job's error code."""
-
-    def __init__(self, message: str, code: str = "playback_failed") -> None:
-        super().__init__(message)
-        self.code = code
+# Every 50 ms pacat -v prints the stream's playback time (the sample being heard).
+_TIME = re.compile(r"Time: (\d+\.\d+) sec")
 
 
 class PacatStream:
-    """A pacat process playing mono s16le PCM at ``rate`` Hz."""
+    """A pacat process playing mono s16le PCM at ``rate`` Hz (an ``AudioStream``)."""
 
     def __init__(
         self,
@@ -41,12 +43,13 @@ class PacatStream:
         sink: str = "",
         volume: float = 1.0,
         latency_ms: int = 250,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.rate = rate
         self.args = [
             PACAT,
             "--playback",
-            "--verbose",  # reports "Stream started." and underruns on stderr
+            "--verbose",  # reports "Stream started.", underruns and the playback time
             "--raw",
             "--format=s16le",
             "--channels=1",
@@ -64,10 +67,13 @@ class PacatStream:
             self.args.append(f"--device={sink}")
         self.process: asyncio.subprocess.Process | None = None
         self.killed = False
-        #: Set when PulseAudio starts playing the stream (its buffer filled).
         self.playing = asyncio.Event()
-        #: Times the stream ran dry (an audible gap).
         self.underruns = 0
+        self.written = 0
+        self._clock = clock
+        #: The last playback time pacat reported (seconds) and when we read it.
+        self._time: tuple[float, float] | None = None
+        self._killed_at: float | None = None
         self._messages: deque[str] = deque(maxlen=8)
         self._reader: asyncio.Task[None] | None = None
 
@@ -85,7 +91,7 @@ class PacatStream:
                 stderr=asyncio.subprocess.PIPE,
             )
         except OSError as exc:
-            raise PlaybackError(f"cannot run pacat: {exc}", "audio_unavailable") from exc
+            raise PlaybackError(f"cannot run pacat: {exc}", Code.AUDIO_UNAVAILABLE) from exc
         self._reader = asyncio.create_task(self._read_messages())
 
     async def _read_messages(self) -> None:
@@ -95,7 +101,11 @@ class PacatStream:
             *lines, buffer = _LINE_BREAK.split(buffer + chunk)
             for raw in lines:
                 line = raw.decode(errors="replace").strip()
-                if not line or line.startswith("Time: "):
+                if not line:
+                    continue
+                if line.startswith("Time: "):
+                    if match := _TIME.match(line):
+                        self._time = (float(match.group(1)), self._clock())
                     continue
                 if line == "Stream started.":
                     self.playing.set()
@@ -108,6 +118,7 @@ class PacatStream:
         assert self.process is not None and self.process.stdin is not None
         try:
             self.process.stdin.write(pcm)
+            self.written += len(pcm) // 2
             await self.process.stdin.drain()
         except (BrokenPipeError, ConnectionResetError, RuntimeError):
             # RuntimeError: the transport was closed under us by kill().
@@ -136,23 +147,86 @@ class PacatStream:
         if returncode < 0:
             name = signal.Signals(-returncode).name
             return PlaybackError(f"pacat was killed ({name}) during playback")
-        if "Connection failure" in last or "Connection refused" in last:
-            return PlaybackError(f"PulseAudio is unreachable: {last}", "audio_unavailable")
+        if any(word in last for word in ("Connection failure", "Connection refused")) or (
+            "Connection terminated" in last or "Stream error" in last
+        ):
+            return PlaybackError(f"PulseAudio is unreachable: {last}", Code.AUDIO_UNAVAILABLE)
         return PlaybackError(f"pacat exited with status {returncode}: {last or 'no message'}")
 
     def kill(self) -> None:
         """Stop the sound now. Safe to call at any time, any number of times."""
-        if self.process is not None and self.process.returncode is None:
+        if self.process is not None and self.process.returncode is None and not self.killed:
             self.killed = True
+            self._killed_at = self._clock()
             with contextlib.suppress(ProcessLookupError):
                 self.process.kill()
             if self.process.stdin is not None:
                 self.process.stdin.close()
 
     async def wait_closed(self) -> None:
-        """Reap the process after :meth:`kill` so no zombie is left."""
+        """Reap the process after :meth:`kill` or :meth:`finish` so no zombie is left."""
         if self.process is not None:
             await self.process.wait()
         if self._reader is not None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._reader, 1.0)
+
+    def played(self) -> int:
+        """Samples heard so far, from pacat's last reported playback time.
+
+        pacat reports the time every 50 ms, to the millisecond; between reports the
+        clock is extrapolated (it stops at the kill). Accurate to about a millisecond
+        when playback ran without underruns since the last report.
+        """
+        if self._time is None or not self.playing.is_set():
+            return 0
+        reported, at = self._time
+        now = self._killed_at if self._killed_at is not None else self._clock()
+        # pacat prints the time rounded to the millisecond: +0.5 ms is the best guess.
+        seconds = reported + 0.0005 + max(0.0, now - at)
+        return max(0, min(self.written, round(seconds * self.rate)))
+
+
+class PacatOutput:
+    """The ``AudioOutput`` of the daemon: pacat streams and a :class:`PulseMonitor`."""
+
+    def __init__(
+        self,
+        *,
+        media_role: str = "a11y",
+        sink: str = "",
+        latency_ms: int = 250,
+        monitor: PulseMonitor | None = None,
+    ) -> None:
+        self.media_role = media_role
+        self.sink = sink
+        self.latency_ms = latency_ms
+        self.monitor = monitor or PulseMonitor()
+
+    def stream(self, rate: int, *, name: str, volume: float) -> PacatStream:
+        return PacatStream(
+            rate,
+            stream_name=name,
+            media_role=self.media_role,
+            sink=self.sink,
+            volume=volume,
+            latency_ms=self.latency_ms,
+        )
+
+    async def check(self) -> ServerInfo:
+        return await self.monitor.check()
+
+    async def stream_info(self, stream: PacatStream) -> StreamInfo | None:  # type: ignore[override]
+        if stream.pid is None:
+            return None
+        return await self.monitor.stream_info(stream.pid)
+
+    async def set_volume(self, stream: PacatStream, volume: float) -> None:  # type: ignore[override]
+        if stream.pid is not None:
+            await self.monitor.set_volume(stream.pid, volume)
+
+    def watch(self, on_change: Callable[[bool, str], None]) -> None:
+        self.monitor.watch(on_change)
+
+    def close(self) -> None:
+        self.monitor.close()

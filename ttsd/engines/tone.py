@@ -9,12 +9,12 @@ engine faults can be provoked on purpose. It never sounds like speech.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
-from ttsd.engines.base import Engine, EngineError, check_number, reject_unknown
+from ttsd.engines.base import CancelToken, Engine, EngineError, check_number, reject_unknown
 
 
 class ToneEngine(Engine):
@@ -62,8 +62,27 @@ class ToneEngine(Engine):
         """Number of samples :meth:`synthesize` returns for ``text``."""
         return round(len(text) * self.ms_per_char * self._rate / 1000)
 
+    def stream(
+        self,
+        text: str,
+        voice: str | None,
+        options: Mapping[str, Any],
+        cancel: CancelToken,
+    ) -> Iterator[np.ndarray]:
+        """The chunk's tone in one piece, after ``delay_ms`` spent in 10 ms steps that
+        stop early once ``cancel`` is set (a stand-in for a model's token steps)."""
+        deadline = time.monotonic() + self.delay_ms / 1000
+        while not cancel.cancelled and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(0.01, left))
+        if cancel.cancelled:
+            return
+        yield self._tone(text, options)
+
     def synthesize(self, text: str, voice: str | None, options: Mapping[str, Any]) -> np.ndarray:
         time.sleep(self.delay_ms / 1000)
+        return self._tone(text, options)
+
+    def _tone(self, text: str, options: Mapping[str, Any]) -> np.ndarray:
         if self.fail_marker and self.fail_marker in text:
             raise EngineError(f"tone engine told to fail on {self.fail_marker!r}")
         frequency = options.get("frequency", self.frequency)

@@ -1,614 +1,668 @@
-"""The job queue, the generation worker and the player.
+"""The scheduler: thin wiring between the job queue, the engine host and the player.
 
-Three things run concurrently, all driven from the event loop:
+Two loops run on the event loop:
 
-* the **generator** picks the next chunk to synthesize (the playing job's first, then
-  the queued jobs' in order), runs the engine on the worker thread, and parks the
-  audio in the job; it stays at most ``ahead_seconds`` of audio ahead of playback;
-* the **player** takes jobs in order, opens one pacat stream per job and writes the
-  job's chunks into it back to back as they arrive, so speech starts with the first
-  chunk and plays without gaps;
-* requests (``submit``, the aborts, ``status``) are plain methods that never wait.
+* the **generator** picks the job that needs audio most (the playing job when its
+  buffer runs low, the next job's first chunk, synthesis requests in turn, then the
+  rest in play order), asks the engine host for that job's next chunk and parks the
+  pieces in the job as they come; it stays within ``ahead_seconds`` of playback;
+* the **player loop** gives the speaker to the next job (:class:`.queue.JobQueue`) and
+  has the :class:`.player.Player` play it, feeding it the job's pieces.
 
-Every job ends in exactly one terminal state, announced by exactly one event:
-``finished``, ``aborted`` or ``error``. :meth:`Scheduler._end` is the only place that
-ends a job.
+Requests (``submit``, the aborts, ``pause``, ``status``) are plain methods that never
+wait. Every job ends in exactly one terminal state through :meth:`Scheduler._end`,
+which emits exactly one :class:`.events.JobEnded`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ttsd import protocol
-from ttsd.audio import AudioUnavailable, PacatStream, PlaybackError, PulseMonitor
-from ttsd.config import Config
-from ttsd.engines import Engine, EngineError, OptionError
-from ttsd.scheduler.chunking import split_text
-from ttsd.scheduler.jobs import END_OF_AUDIO, Job, JobState
-from ttsd.scheduler.worker import Worker
+from ttsd.audio.output import AudioOutput, PlaybackError
+from ttsd.engines import EngineError
+from ttsd.errors import Code
+from ttsd.scheduler.chunking import chunk_text, split_spans
+from ttsd.scheduler.engine_host import EngineHost
+from ttsd.scheduler.events import (
+    AudioChanged,
+    Event,
+    JobContinued,
+    JobEnded,
+    JobPostponed,
+    JobQueued,
+    JobStarted,
+    Outcome,
+    Rejection,
+    SentenceStarted,
+    SpeakerPaused,
+    SpeakerResumed,
+)
+from ttsd.scheduler.jobs import Job, JobKind, JobState, Piece, Priority
+from ttsd.scheduler.pacing import Pacing
+from ttsd.scheduler.player import AudioState, Listener, Player
+from ttsd.scheduler.queue import Admission, JobQueue, Limits
 
 log = logging.getLogger("ttsd.scheduler")
 
-Emit = Callable[[dict[str, Any]], None]
+Emit = Callable[[Event], None]
+
+#: A playing job with less audio buffered than this (seconds) is served first.
+LOW_WATER = 3.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the scheduler needs of the daemon's configuration."""
+
+    chunk_chars: int = 300
+    first_chunk_chars: int = 120
+    ahead_seconds: float = 30.0
+    volume: float = 1.0
+    limits: Limits = field(default_factory=Limits)
+    stall_timeout: float = 5.0
+    #: Seconds a stopping daemon waits for the engine call in flight to return.
+    stop_timeout: float = 1.5
+
+
+@dataclass(frozen=True)
+class Order:
+    """A request for speech: a ``speak`` job or a ``synthesize`` job."""
+
+    text: str
+    client: str
+    kind: JobKind = JobKind.SPEAK
+    voice: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    volume: float | None = None
+    priority: Priority = Priority.MESSAGE
+    key: str | None = None
+    resume_interrupted: bool = False
+    cancel_on_disconnect: bool = False
 
 
 class Scheduler:
-    """Owns the engine, the jobs and the speaker.
+    """Owns the jobs; wires the queue, the engine host and the player together.
 
-    ``make_engine`` builds the engine; it runs on the worker thread because resolving
-    ``engine = "auto"`` may import torch. ``emit`` receives every event for all clients;
-    it must not block.
+    ``emit`` receives every event, synchronously and in order; it must not block.
     """
 
     def __init__(
         self,
-        config: Config,
-        make_engine: Callable[[], Engine],
+        settings: Settings,
+        host: EngineHost,
+        output: AudioOutput,
         emit: Emit,
-        monitor: PulseMonitor | None = None,
     ) -> None:
-        self.config = config
-        self._make_engine = make_engine
+        self.settings = settings
+        self.host = host
         self._emit = emit
-        self.monitor = monitor or PulseMonitor()
-        self.engine: Engine | None = None
-        self.engine_state = "loading"  # loading | ready | failed | unloaded
-        self.engine_error = ""
-        self.audio_state = "unknown"  # unknown | ok | unavailable
-        self.audio_error = ""
-        self.current: Job | None = None
-        self.queue: deque[Job] = deque()
+        self.queue = JobQueue(settings.limits)
+        self.player = Player(
+            output,
+            on_audio=lambda info: self._emit(AudioChanged(info)),
+            stall_timeout=settings.stall_timeout,
+        )
+        self.output = output
+        self.pacing = Pacing()
         self.last_activity = time.monotonic()
-        self._next_id = 1
-        self._worker = Worker()
-        self._wake_generator = asyncio.Event()
-        self._wake_player = asyncio.Event()
-        self._loading: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._playing: asyncio.Task[None] | None = None
-        self._stream: PacatStream | None = None
+        self._synthesis_turn = 0
+        self._inspection: asyncio.Task[None] | None = None
         self._closed = False
 
-    # --- Lifecycle ---------------------------------------------------------------
+    # --- Lifecycle -----------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Start loading the engine and the background tasks; returns at once.
-
-        A named engine is built here, so that bad engine settings fail at startup and
-        options can be checked while the model loads.
-        """
-        if self.config.engine != "auto":
-            self.engine = self._make_engine()
-        self._loading = asyncio.create_task(self._load_engine())
+    def start(self) -> None:
+        """Start loading the engine and the loops; returns at once."""
+        self.host.start()
+        self.player.watch()
         self._tasks = [
             asyncio.create_task(self._generate_forever(), name="ttsd-generator"),
             asyncio.create_task(self._play_forever(), name="ttsd-player"),
-            asyncio.create_task(self._check_audio(), name="ttsd-audio-check"),
+            asyncio.create_task(self.player.check(), name="ttsd-audio-check"),
         ]
 
-    async def close(self, reason: str = "terminate") -> list[int]:
-        """Abort every job, stop the tasks and the worker; no pacat is left running."""
-        aborted = self.abort_all(reason)
+    async def close(self, reason: str = "terminate") -> tuple[list[int], bool]:
+        """Abort every job, stop the loops and the worker; no stream is left open.
+
+        Returns the aborted job ids and whether the engine's worker stopped in time (if
+        not, an engine call is stuck in native code and the process should leave with
+        ``os._exit``).
+        """
         self._closed = True
-        tasks = [*self._tasks, *(t for t in (self._playing, self._loading) if t)]
+        aborted = self.abort_all(reason)
+        self.player.stop()
+        tasks = [*self._tasks, *([self._playing] if self._playing else [])]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._stream is not None:
-            self._stream.kill()
-            await self._stream.wait_closed()
-        self._worker.stop()
-        return aborted
+        stopped = await self.host.close(self.settings.stop_timeout)
+        self.output.close()
+        return aborted, stopped
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     @property
     def busy(self) -> bool:
-        """True while any job is playing or waiting."""
-        return self.current is not None or bool(self.queue)
+        """True while any job plays, waits or is being made."""
+        return self.queue.busy
 
-    # --- Requests ----------------------------------------------------------------
+    def _notify(self) -> None:
+        """Wake whoever waits for a change of jobs or audio (both loops, feeds)."""
+        self._changed.set()
+        self._changed = asyncio.Event()
 
-    def submit(self, request: protocol.Speak, client: str) -> Job:
-        """Accept a ``speak`` request as a new job, or raise :class:`ProtocolError`."""
-        if self._closed:
-            raise protocol.ProtocolError("shutting_down", "the daemon is shutting down")
-        if len(self.queue) + (self.current is not None) >= self.config.max_queue:
-            raise protocol.ProtocolError(
-                protocol.QUEUE_FULL,
-                f"{self.config.max_queue} jobs are already queued; try again later",
-                request.id,
-            )
-        mine = sum(1 for j in (self.current, *self.queue) if j is not None and j.client == client)
-        if mine >= self.config.max_queue_per_client:
-            raise protocol.ProtocolError(
-                protocol.CLIENT_QUEUE_FULL,
-                f"this connection already has {mine} jobs queued; the limit is "
-                f"{self.config.max_queue_per_client}",
-                request.id,
-            )
-        options = request.options
-        checked = self.engine is not None
-        if self.engine is not None:
-            try:
-                options = self.engine.validate_options(options)
-                self.engine.check_voice(request.voice)
-            except OptionError as exc:
-                raise protocol.ProtocolError(protocol.BAD_OPTION, str(exc), request.id) from None
-        chunks = split_text(request.text, self.config.chunk_chars, self.config.first_chunk_chars)
-        job = Job(
-            id=self._next_id,
-            text=request.text,
-            chunks=chunks,
-            voice=request.voice,
-            options=dict(options),
-            volume=self.config.volume if request.volume is None else request.volume,
-            client=client,
-            options_checked=checked,
-            cancel_on_disconnect=request.cancel_on_disconnect,
-        )
-        self._next_id += 1
-        self.queue.append(job)
-        self.last_activity = time.monotonic()
-        log.info(
-            "job %d queued: %d chars in %d chunks from %s",
-            job.id,
-            len(job.text),
-            len(job.chunks),
-            client,
-            extra={"JOB": job.id, "CLIENT": client, "EVENT": "queued"},
-        )
-        self._wake_generator.set()
-        self._wake_player.set()
-        return job
+    # --- Requests ----------------------------------------------------------------------
 
-    async def synthesize(self, request: protocol.Synthesize) -> tuple[np.ndarray, int]:
-        """Make the audio for ``request`` without playing it; return (PCM, sample rate).
+    def submit(self, order: Order) -> Job:
+        """Accept ``order`` as a new job, or raise :class:`Rejection`.
 
-        Chunks go through the same worker as the jobs', interleaved with them.
+        A speak job is announced with :class:`JobQueued` (then any jobs it displaced
+        end); a synthesis job's audio is read with :meth:`audio`.
         """
         if self._closed:
-            raise protocol.ProtocolError("shutting_down", "the daemon is shutting down")
-        if not await self._ensure_engine():
-            raise protocol.ProtocolError(
-                "engine_unavailable", f"the engine failed to load: {self.engine_error}", request.id
-            )
-        assert self.engine is not None
-        engine = self.engine
-        try:
-            options = engine.validate_options(request.options)
-            engine.check_voice(request.voice)
-        except OptionError as exc:
-            raise protocol.ProtocolError(protocol.BAD_OPTION, str(exc), request.id) from None
-        parts = []
-        for chunk in split_text(request.text, self.config.chunk_chars):
-            try:
-                parts.append(
-                    await self._worker.run(engine.synthesize, chunk, request.voice, options)
-                )
-            except EngineError as exc:
-                raise protocol.ProtocolError(exc.code, str(exc), request.id) from None
-        return np.concatenate(parts).astype(np.int16, copy=False), engine.sample_rate
+            raise Rejection(Code.SHUTTING_DOWN, "the daemon is shutting down")
+        self.queue.check_room(order.client, order.kind)
+        options = self.host.check(order.voice, order.options)
+        chunks = chunk_text(order.text, self.settings.chunk_chars, self.settings.first_chunk_chars)
+        job = Job(
+            id=self.queue.new_id(),
+            client=order.client,
+            text=order.text,
+            chunks=chunks,
+            voice=order.voice,
+            options=dict(options if options is not None else order.options),
+            volume=self.settings.volume if order.volume is None else order.volume,
+            kind=order.kind,
+            priority=order.priority,
+            key=order.key,
+            resume_interrupted=order.resume_interrupted,
+            cancel_on_disconnect=order.cancel_on_disconnect,
+            options_checked=options is not None,
+        )
+        admission = self.queue.admit(job)
+        self.last_activity = time.monotonic()
+        log.info(
+            "job %d %s: %d chars in %d chunks from %s%s",
+            job.id,
+            "queued" if job.kind is JobKind.SPEAK else "synthesizing",
+            len(job.text),
+            len(job.chunks),
+            job.client,
+            "" if job.priority is Priority.MESSAGE else f", priority {job.priority.value}",
+            extra={"JOB": job.id, "CLIENT": job.client, "EVENT": "queued"},
+        )
+        if job.kind is JobKind.SPEAK:
+            self._emit(JobQueued(job, self.queue.position(job) if not admission.dropped else 1))
+            self._carry_out(admission)
+        self._notify()
+        return job
 
-    def position(self, job: Job) -> int:
-        """1 + the number of jobs that play before ``job`` (1: it plays now or next)."""
-        ahead = [j for j in (self.current, *self.queue) if j is not None]
-        return ahead.index(job) + 1
+    def _carry_out(self, admission: Admission) -> None:
+        """Stop the jobs a new job displaced or postponed, and drop it if it must go."""
+        job = admission.job
+        current = admission.postponed
+        if current is not None and not current.state.done:
+            chunk = max(current.spoken_chunk, 0)
+            self._stop_playing(current)
+            self.queue.postpone(current)
+            current.postponed = True
+            current.restart_from(chunk)
+            log.info(
+                "job %d postponed by job %d; it resumes from sentence %d",
+                current.id,
+                job.id,
+                chunk + 1,
+                extra={"JOB": current.id, "EVENT": "postponed"},
+            )
+            self._emit(JobPostponed(current, job.id, chunk, current.chunks[chunk].start))
+        for other, reason in admission.displaced:
+            self._end(other, Outcome.ABORTED, reason=reason, by=job.id)
+        if admission.dropped:
+            self._end(job, Outcome.ABORTED, reason="priority")
 
     def abort_current(self, reason: str = "abort_current") -> list[int]:
         """Abort the playing job (if any); the next job starts right away."""
-        job = self.current
+        job = self.queue.playing
         if job is None:
             return []
-        self._abort(job, reason)
+        self._end(job, Outcome.ABORTED, reason=reason)
         return [job.id]
 
     def abort_all(self, reason: str = "abort_all") -> list[int]:
-        """Abort the playing job and every queued one."""
-        aborted = self.abort_current(reason)
-        while self.queue:
-            job = self.queue.popleft()
-            self._abort(job, reason)
-            aborted.append(job.id)
-        return aborted
+        """Abort every job: the playing one, the waiting ones and synthesis jobs."""
+        return self._abort_each(self.queue.all_jobs(), reason)
 
     def abort_job(self, job_id: int, reason: str = "abort") -> list[int]:
-        """Abort one job by id, playing or queued; [] if it has already ended."""
-        if self.current is not None and self.current.id == job_id:
-            return self.abort_current(reason)
-        for job in self.queue:
-            if job.id == job_id:
-                self.queue.remove(job)
-                self._abort(job, reason)
-                return [job_id]
-        if 0 < job_id < self._next_id:
+        """Abort one job by id; [] if it has already ended."""
+        job = self.queue.find(job_id)
+        if job is not None:
+            return self._abort_each([job], reason)
+        if self.queue.was_issued(job_id):
             return []
-        raise protocol.ProtocolError(protocol.UNKNOWN_JOB, f"no job {job_id} was ever queued")
+        raise Rejection(Code.UNKNOWN_JOB, f"no job {job_id} was ever queued")
 
-    def abort_client_jobs(self, client: str, reason: str = "client_disconnected") -> list[int]:
-        """Abort the jobs of ``client`` that asked to be cancelled on disconnect."""
+    def abort_client(self, client: str, reason: str = "abort") -> list[int]:
+        """Abort every job of ``client``."""
+        return self._abort_each(self.queue.of_client(client), reason)
+
+    def client_gone(self, client: str) -> list[int]:
+        """A connection closed: abort its synthesis jobs (nobody will read their audio)
+        and the speak jobs that asked for it."""
         doomed = [
             job
-            for job in (self.current, *self.queue)
-            if job is not None and job.client == client and job.cancel_on_disconnect
+            for job in self.queue.of_client(client)
+            if job.kind is JobKind.SYNTHESIZE or job.cancel_on_disconnect
         ]
-        return [jid for job in doomed for jid in self.abort_job(job.id, reason)]
+        return self._abort_each(doomed, "client_disconnected")
 
-    def engine_info(self) -> dict[str, Any]:
-        info: dict[str, Any] = {
-            "name": self.engine.name if self.engine else self.config.engine,
-            "state": self.engine_state,
-        }
-        if self.engine_error:
-            info["error"] = self.engine_error
-        if self.engine is not None and self.engine_state == "ready":
-            info["sample_rate"] = self.engine.sample_rate
-            info.update(self.engine.describe())
-        return info
+    def _abort_each(self, jobs: Iterable[Job], reason: str) -> list[int]:
+        return [job.id for job in list(jobs) if self._end(job, Outcome.ABORTED, reason=reason)]
 
-    def audio_info(self) -> dict[str, Any]:
-        info: dict[str, Any] = {"state": self.audio_state, "sink": self.config.sink or None}
-        if self.audio_error:
-            info["error"] = self.audio_error
-        return info
+    def pause(self) -> Job | None:
+        """Stop the sound now and hold the speaker; return the job that was playing.
 
-    def voices(self) -> list[str]:
-        return self.engine.voices() if self.engine is not None else []
+        Pausing a paused speaker changes nothing (and emits nothing).
+        """
+        job = self.queue.playing
+        if self.player.pause():
+            if job is not None:
+                job.state = JobState.PAUSED
+            log.info("paused" + (f" during job {job.id}" if job else ""))
+            self._emit(SpeakerPaused(job))
+        return job
+
+    def resume(self) -> Job | None:
+        """Let the speaker play again, from where it stopped."""
+        job = self.queue.playing
+        if self.player.resume():
+            if job is not None and job.state is JobState.PAUSED:
+                job.state = JobState.PLAYING
+            log.info("resumed" + (f" job {job.id}" if job else ""))
+            self._emit(SpeakerResumed(job))
+            self._notify()
+        return job
+
+    @property
+    def paused(self) -> bool:
+        return self.player.paused
 
     def status(self) -> dict[str, Any]:
-        current = self.current.describe() if self.current else None
-        if current is not None and self._stream is not None:
-            current["underruns"] = self._stream.underruns
-            current["pid"] = self._stream.pid
-            current["sink"] = self.current.sink
-            current["sink_input"] = self.current.sink_input
+        """What ``status`` shows: the jobs, the engine, the audio output."""
+        current = self.queue.playing
+        stream = self.player.stream
+        playing = None
+        if current is not None:
+            playing = {**current.describe(), "underruns": current.underruns}
+            if stream is not None and self.player.job is current:
+                playing.update(underruns=current.underruns + stream.underruns, pid=stream.pid)
+            playing.update(sink=current.sink, sink_input=current.sink_input)
         return {
-            "current": current,
-            "queue": [{**job.describe(), "position": self.position(job)} for job in self.queue],
-            "engine": self.engine_info(),
-            "audio": self.audio_info(),
+            "current": playing,
+            "queue": [
+                {**job.describe(), "position": index + 2 - (current is None)}
+                for index, job in enumerate(self.queue.waiting)
+            ],
+            "synthesizing": [job.describe() for job in self.queue.making],
+            "paused": self.player.paused,
+            "engine": self.host.info(),
+            "audio": self.player.info(),
         }
 
-    # --- Ending jobs -------------------------------------------------------------
+    def voices(self) -> list[str]:
+        return self.host.voices()
 
-    def _abort(self, job: Job, reason: str) -> None:
-        self._end(job, JobState.ABORTED, protocol.aborted_event(job.id, reason), reason)
+    def sentences(self, text: str) -> list[tuple[int, int]]:
+        """The spans of ``text`` that jobs would speak one at a time."""
+        return split_spans(text, self.settings.chunk_chars, self.settings.first_chunk_chars)
 
-    def _end(self, job: Job, state: JobState, event: dict[str, Any], detail: str = "") -> None:
-        """Move ``job`` to its terminal ``state`` and announce it, exactly once."""
-        if job.state.done:
-            return
-        job.state = state
+    # --- Synthesis jobs --------------------------------------------------------------
+
+    async def audio(self, job: Job) -> AsyncIterator[np.ndarray]:
+        """The audio of synthesis ``job`` as it is made; ends the job when all is read.
+
+        Raises :class:`EngineError` if the engine fails (the job then failed), and
+        :class:`Rejection` with code ``aborted`` if the job was aborted.
+        """
+        try:
+            while True:
+                piece = await self.next_piece(job)
+                if piece is None:
+                    break
+                yield piece.pcm
+        except EngineError as exc:
+            self._end(job, Outcome.FAILED, code=Code(exc.code), message=str(exc))
+            raise
+        if job.state is JobState.ABORTED:
+            if job.end_reason == "terminate":
+                raise Rejection(Code.SHUTTING_DOWN, "the daemon is shutting down")
+            raise Rejection(Code.ABORTED, f"the synthesis was aborted ({job.end_reason})")
+        self._end(job, Outcome.FINISHED)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.host.sample_rate
+
+    # --- Ending jobs --------------------------------------------------------------------
+
+    def _end(
+        self,
+        job: Job,
+        outcome: Outcome,
+        *,
+        reason: str = "",
+        by: int | None = None,
+        code: Code | None = None,
+        message: str = "",
+    ) -> bool:
+        """The only way a job ends: the queue's transition, then exactly one event."""
+        was_playing = self.queue.playing is job
+        if not self.queue.end(job, outcome):
+            return False
+        if was_playing:
+            self._stop_playing(job)
         job.ended = time.monotonic()
-        job.pending_samples = 0
-        if job is self.current:
-            if self._stream is not None:
-                self._stream.kill()  # silence first, bookkeeping after
-            playing = self._playing
-            if playing is not None and playing is not asyncio.current_task():
-                playing.cancel()
-            self.current = None
-            self._wake_player.set()
-        elif job in self.queue:
-            self.queue.remove(job)
-        self.last_activity = time.monotonic()
+        job.end_reason = reason
+        rate = self.host.sample_rate if self.host.ready else 0
+        audio_seconds = job.played_samples / rate if rate else 0.0
         elapsed = job.ended - job.created
-        played = job.played_samples / self.engine.sample_rate if self._engine_ready() else 0.0
-        event.setdefault("elapsed", round(elapsed, 3))
-        level = logging.WARNING if state is JobState.FAILED else logging.INFO
+        detail = reason or (f"{code}: {message}" if code else "")
+        level = logging.WARNING if outcome is Outcome.FAILED else logging.INFO
         log.log(
             level,
-            "job %d %s after %.2f s (%.2f s of audio)%s",
+            "job %d %s after %.2f s (%.2f s of audio heard)%s",
             job.id,
-            state.value,
+            outcome.value,
             elapsed,
-            played,
+            audio_seconds,
             f": {detail}" if detail else "",
-            extra={"JOB": job.id, "CLIENT": job.client, "EVENT": state.value},
+            extra={"JOB": job.id, "CLIENT": job.client, "EVENT": outcome.value},
         )
-        self._emit(event)
-        self._wake_generator.set()
+        if job.kind is JobKind.SPEAK:  # a synthesis ends in its reply (see audio())
+            self._emit(
+                JobEnded(
+                    job,
+                    outcome,
+                    reason=reason,
+                    by=by,
+                    code=code,
+                    message=message,
+                    audio_seconds=audio_seconds,
+                    spoken_chars=job.spoken_chars()
+                    if outcome is not Outcome.FINISHED
+                    else len(job.text),
+                )
+            )
+        self.last_activity = time.monotonic()
+        self._notify()
+        return True
 
-    def _fail(self, job: Job, code: str, message: str) -> None:
-        self._end(job, JobState.FAILED, protocol.job_error_event(job.id, code, message), message)
+    def _stop_playing(self, job: Job) -> None:
+        """Silence ``job`` now and stop its play task (it ended or was postponed)."""
+        if self.player.job is job:
+            self.player.stop()
+        if self._playing is not None and not self._playing.done():
+            self._playing.cancel()
 
-    # --- Engine ------------------------------------------------------------------
+    # --- Generation ---------------------------------------------------------------------
 
-    def _engine_ready(self) -> bool:
-        return self.engine is not None and self.engine_state == "ready"
-
-    def _set_engine_state(self, state: str, error: str = "") -> None:
-        self.engine_state, self.engine_error = state, error
-        self._emit({"type": "engine", **self.engine_info()})
-
-    def _build_and_load(self) -> Engine:
-        engine = self.engine or self._make_engine()
-        started = time.monotonic()
-        log.info("loading engine %s", engine.name)
-        engine.load()
-        log.info(
-            "engine %s ready in %.2f s (%d Hz)",
-            engine.name,
-            time.monotonic() - started,
-            engine.sample_rate,
-        )
-        return engine
-
-    async def _load_engine(self) -> None:
-        self._set_engine_state("loading")
-        try:
-            self.engine = await self._worker.run(self._build_and_load)
-        except Exception as exc:
-            message = str(exc) or repr(exc)
-            log.error("engine failed to load: %s", message)
-            self._set_engine_state("failed", message)
-            for job in [j for j in (self.current, *self.queue) if j is not None]:
-                self._fail(job, "engine_unavailable", f"the engine failed to load: {message}")
-        else:
-            self._set_engine_state("ready")
-        self._wake_generator.set()
-        self._wake_player.set()
-
-    async def _ensure_engine(self) -> bool:
-        """Make sure the engine is loaded (reloading it if needed); False if it failed."""
-        if self._engine_ready():
-            return True
-        if self._loading is None or self._loading.done():
-            self._loading = asyncio.create_task(self._load_engine())
-        await asyncio.shield(self._loading)
-        return self._engine_ready()
-
-    async def _unload_engine(self) -> None:
-        assert self.engine is not None
-        log.info(
-            "unloading engine %s after %.0f s idle", self.engine.name, self.config.engine_unload
-        )
-        await self._worker.run(self.engine.unload)
-        self._set_engine_state("unloaded")
-
-    # --- Generator ---------------------------------------------------------------
-
-    def _pending_seconds(self) -> float:
-        if not self._engine_ready():
+    def _buffered_seconds(self, jobs: Iterable[Job]) -> float:
+        if not self.host.ready:
             return 0.0
-        jobs = (j for j in (self.current, *self.queue) if j is not None)
-        return sum(j.pending_samples for j in jobs) / self.engine.sample_rate
+        return sum(job.buffered_samples for job in jobs) / self.host.sample_rate
 
-    def _next_chunk(self) -> Job | None:
-        """The job whose next chunk should be synthesized now, if any."""
-        if self._pending_seconds() >= self.config.ahead_seconds:
-            return None
-        for job in (self.current, *self.queue):
-            if job is not None and not job.state.done and not job.generation_done:
-                return job
+    def _needs_audio(self, job: Job) -> bool:
+        return not job.state.done and not job.in_progress and job.next_chunk < len(job.chunks)
+
+    def _next_to_generate(self) -> Job | None:
+        """The job whose next chunk the engine should make now, if any."""
+        speaking = [job for job in self.queue.speaking_jobs() if self._needs_audio(job)]
+        within_ahead = (
+            self._buffered_seconds(self.queue.speaking_jobs()) < self.settings.ahead_seconds
+        )
+        playing = self.queue.playing
+        if playing in speaking:
+            buffered = self._buffered_seconds([playing])
+            if buffered == 0 or buffered < min(LOW_WATER, self.settings.ahead_seconds):
+                return playing
+        following = self.queue.waiting[0] if self.queue.waiting else None
+        if following in speaking and following.buffered_samples == 0:
+            return following  # its first words: what the listener waits for next
+        making = [job for job in self.queue.making if self._needs_audio(job)]
+        if making:
+            self._synthesis_turn = (self._synthesis_turn + 1) % len(making)
+            return making[self._synthesis_turn]
+        if speaking and within_ahead:
+            return speaking[0]
         return None
 
     async def _generate_forever(self) -> None:
         while True:
-            self._wake_generator.clear()
-            job = self._next_chunk()
+            changed = self._changed
+            job = self._next_to_generate()
             if job is None:
-                await self._idle_until_woken()
+                await changed.wait()
                 continue
-            if not await self._ensure_engine():
-                continue  # _load_engine failed the waiting jobs
             try:
                 await self._generate_chunk(job)
             except Exception as exc:  # a bug here must cost one job, not all speech
                 log.exception("generator failed on job %d", job.id)
-                self._fail(job, "internal_error", f"internal error: {exc!r}")
-
-    async def _idle_until_woken(self) -> None:
-        timeout = None
-        if self.config.engine_unload > 0 and self.engine_state == "ready" and not self.busy:
-            timeout = self.config.engine_unload
-        try:
-            await asyncio.wait_for(self._wake_generator.wait(), timeout)
-        except asyncio.TimeoutError:
-            await self._unload_engine()
+                job.failure = EngineError(f"internal error: {exc!r}", Code.INTERNAL_ERROR)
+                self._notify()
 
     async def _generate_chunk(self, job: Job) -> None:
-        assert self.engine is not None
-        engine = self.engine
-        if not job.options_checked:
-            try:
-                job.options = engine.validate_options(job.options)
-                engine.check_voice(job.voice)
-            except OptionError as exc:
-                self._fail(job, protocol.BAD_OPTION, str(exc))
-                return
-            job.options_checked = True
+        host = self.host
         index = job.next_chunk
+        token = job.cancel
+        job.in_progress = True
         job.next_chunk += 1
-        started = time.monotonic()
-        item: np.ndarray | Exception
         try:
-            item = await self._worker.run(
-                engine.synthesize, job.chunks[index], job.voice, job.options
-            )
+            if not await host.ensure_ready():
+                self._fail_all_unmade(f"the engine failed to load: {host.error}")
+                return
+            if not job.options_checked:
+                try:
+                    options = host.check(job.voice, job.options)
+                except Rejection as exc:
+                    job.failure = EngineError(exc.message, Code.BAD_OPTION)
+                    return
+                job.options = dict(options or {})
+                job.options_checked = True
+            await self._stream_chunk(job, index, token)
+        finally:
+            job.in_progress = False
+            self._notify()
+
+    async def _stream_chunk(self, job: Job, index: int, token: Any) -> None:
+        chunk = job.chunks[index]
+        rate = self.host.sample_rate
+        first = True
+        made = 0
+        began = last = time.monotonic()
+        try:
+            async with contextlib.aclosing(
+                self.host.stream(chunk.text, job.voice, job.options, token)
+            ) as pieces:
+                async for pcm in pieces:
+                    now = time.monotonic()
+                    self.pacing.observe_speed(now - last, len(pcm) / rate)
+                    last = now
+                    if token is not job.cancel or job.state.done:
+                        return  # aborted or restarted while making it: drop the audio
+                    job.pieces.append(Piece(index, pcm, first))
+                    job.buffered_samples += len(pcm)
+                    job.synthesized_samples += len(pcm)
+                    made += len(pcm)
+                    first = False
+                    self._notify()
         except EngineError as exc:
-            item = exc
-        except Exception as exc:  # an engine bug must fail the job, not the daemon
-            log.exception("engine raised on job %d chunk %d", job.id, index)
-            item = EngineError(f"engine failed: {exc!r}")
-        if job.state.done:
-            return  # aborted while synthesizing: drop the audio
-        if isinstance(item, Exception):
-            job.next_chunk = len(job.chunks)
-            job.audio.put_nowait(item)
+            if token is job.cancel and not job.state.done:
+                log.warning("job %d chunk %d: %s", job.id, index + 1, exc)
+                job.failure = exc
             return
+        if token is not job.cancel or job.state.done:
+            return
+        job.synthesis_seconds += time.monotonic() - began
+        job.generated_chunks = index + 1
+        self.pacing.observe_length(len(chunk.text), made / rate)
         log.debug(
             "job %d chunk %d/%d: %.2f s of audio in %.2f s",
             job.id,
             index + 1,
             len(job.chunks),
-            len(item) / engine.sample_rate,
-            time.monotonic() - started,
+            made / rate,
+            time.monotonic() - began,
         )
-        job.pending_samples += len(item)
-        job.audio.put_nowait(item)
-        if job.generation_done:
-            job.audio.put_nowait(END_OF_AUDIO)
 
-    # --- Player ------------------------------------------------------------------
+    def _fail_all_unmade(self, message: str) -> None:
+        """The engine cannot load: every job still waiting for audio fails."""
+        for job in self.queue.all_jobs():
+            if not job.generation_done or job.in_progress:
+                job.failure = EngineError(message, Code.ENGINE_UNAVAILABLE)
+        self._notify()
+
+    # --- Feeding the player (the Feed protocol) ------------------------------------------
+
+    async def engine_ready(self, job: Job) -> int:
+        """Wait until the engine is loaded; return its sample rate (raise if it failed)."""
+        while True:
+            changed = self._changed
+            if self.host.ready:
+                return self.host.sample_rate
+            if job.failure is not None:
+                raise job.failure
+            await changed.wait()
+
+    async def wait_ready(self, job: Job) -> None:
+        while True:
+            changed = self._changed
+            if job.failure is not None and not job.pieces:
+                raise job.failure
+            if job.generation_done or self._enough_buffered(job):
+                return
+            await changed.wait()
+
+    def _enough_buffered(self, job: Job) -> bool:
+        if not job.pieces or not self.host.ready:
+            return False
+        rate = self.host.sample_rate
+        remaining: list[float] = []
+        if job.in_progress:
+            chunk = job.chunks[job.next_chunk - 1]
+            made = sum(len(p.pcm) for p in job.pieces if p.chunk == chunk.index) / rate
+            remaining.append(max(0.0, self.pacing.estimate(len(chunk.text)) - made))
+        remaining += [self.pacing.estimate(len(c.text)) for c in job.chunks[job.next_chunk :]]
+        return job.buffered_samples / rate >= self.pacing.needed(remaining)
+
+    async def next_piece(self, job: Job) -> Piece | None:
+        while True:
+            changed = self._changed
+            if job.pieces:
+                piece = job.pieces.popleft()
+                job.buffered_samples -= len(piece.pcm)
+                self._notify()  # the generator may go further ahead now
+                return piece
+            if job.failure is not None:
+                raise job.failure
+            if job.generation_done or job.state.done:
+                return None
+            await changed.wait()
+
+    # --- Playing ------------------------------------------------------------------------
 
     async def _play_forever(self) -> None:
         while True:
-            self._wake_player.clear()
-            if self.current is None and self.queue:
-                job = self.current = self.queue.popleft()
-                job.state = JobState.PLAYING
-                self._playing = asyncio.create_task(self._play(job), name=f"ttsd-job-{job.id}")
-                await asyncio.wait({self._playing})
-                self._playing = None
+            changed = self._changed
+            job = None if self._closed else self.queue.take_turn()
+            if job is None:
+                await changed.wait()
                 continue
-            await self._wake_player.wait()
+            if self.player.paused:
+                job.state = JobState.PAUSED
+            self._notify()
+            self._playing = asyncio.create_task(self._play(job), name=f"ttsd-job-{job.id}")
+            await asyncio.wait({self._playing})
+            self._playing = None
 
     async def _play(self, job: Job) -> None:
-        """Play ``job`` to its end; every way out of here ends the job."""
+        """Play ``job``; every way out of here but a postponement ends the job."""
+        listener = Listener(started=self._on_started, sentence=self._on_sentence)
         try:
-            await self._play_job(job)
+            rate = await self.engine_ready(job)
+            await self.player.play(job, rate, self, listener)
         except asyncio.CancelledError:
-            if not job.state.done:  # cancelled by close(), not by an abort
-                self._abort(job, "terminate")
+            return  # ended (or postponed) by whoever cancelled: they emitted the event
         except EngineError as exc:
-            self._fail(job, exc.code, str(exc))
+            self._end(job, Outcome.FAILED, code=Code(exc.code), message=str(exc))
         except PlaybackError as exc:
-            if exc.code == "audio_unavailable":
-                self._audio_down(str(exc))
-            self._fail(job, exc.code, str(exc))
+            if exc.code is Code.AUDIO_UNAVAILABLE:
+                self.player.set_state(AudioState.UNAVAILABLE, str(exc))
+            self._end(job, Outcome.FAILED, code=exc.code, message=str(exc))
         except Exception as exc:
             log.exception("job %d failed unexpectedly", job.id)
-            self._fail(job, "internal_error", f"internal error: {exc!r}")
-        finally:
-            if self._stream is not None:
-                stream, self._stream = self._stream, None
-                stream.kill()
-                await stream.wait_closed()
-
-    async def _play_job(self, job: Job) -> None:
-        await self._require_audio()
-        first: np.ndarray | Exception | None = None
-        if not self._engine_ready() and self._loading is not None and not self._loading.done():
-            # Cold start: open the stream as soon as the engine is ready (its sample
-            # rate is known then), so that pacat starts while the first chunk is made.
-            await asyncio.shield(self._loading)
-        if not self._engine_ready():
-            first = await job.audio.get()  # the engine is loading; wait for the 1st chunk
-            if isinstance(first, Exception):
-                raise first
-        assert self.engine is not None
-        stream = self._stream = PacatStream(
-            self.engine.sample_rate,
-            stream_name=f"ttsd job {job.id}",
-            media_role=self.config.media_role,
-            sink=self.config.sink,
-            volume=job.volume,
-            latency_ms=self.config.latency_ms,
-        )
-        await stream.start()  # overlaps with synthesis of the first chunk
-        started = asyncio.create_task(self._announce_start(job, stream))
-        try:
-            while (item := first if first is not None else await job.audio.get()) is not None:
-                first = None
-                if isinstance(item, Exception):
-                    raise item
-                job.pending_samples -= len(item)
-                self._wake_generator.set()
-                if len(item):
-                    await stream.write(item.tobytes())
-                    job.played_samples += len(item)
-            await stream.finish()
-        finally:
-            started.cancel()
-        self._mark_audio_ok()
-        if job.played_samples and not job.started:
-            self._announce(job)
-        audio_seconds = job.played_samples / self.engine.sample_rate
-        if stream.underruns:
-            log.warning(
-                "job %d: playback ran dry %d time(s): audible gaps (generation too slow, "
-                "or the machine too busy to feed pacat)",
-                job.id,
-                stream.underruns,
-                extra={"JOB": job.id, "EVENT": "underrun"},
-            )
-        self._end(
-            job,
-            JobState.FINISHED,
-            protocol.finished_event(
-                job.id, audio_seconds=round(audio_seconds, 3), underruns=stream.underruns
-            ),
-        )
-
-    async def _announce_start(self, job: Job, stream: PacatStream) -> None:
-        await stream.playing.wait()
-        self._announce(job)
-        if stream.pid is not None:
-            await self._check_stream(job, stream.pid)
-
-    async def _check_stream(self, job: Job, pid: int) -> None:
-        """Find the job's sink-input; put its volume right if the server changed it.
-
-        pacat asks for the job's volume when it creates the stream, but a module such as
-        stream-restore may still apply a remembered one.
-        """
-        try:
-            found = await asyncio.to_thread(self.monitor.sink_input, pid)
-            if found is not None and abs(found["volume"] - job.volume) > 0.01:
-                log.info("job %d: volume %.2f reset to %.2f", job.id, found["volume"], job.volume)
-                await asyncio.to_thread(self.monitor.set_volume, pid, job.volume)
-        except AudioUnavailable:
-            return  # the stream's own failure, if any, is reported by the player
-        if found is not None:
-            job.sink_input, job.sink = found["index"], found["sink"]
-
-    def _announce(self, job: Job) -> None:
-        if job.started is not None or job.state.done:
-            return
-        job.started = time.monotonic()
-        log.info(
-            "job %d started after %.3f s",
-            job.id,
-            job.started - job.created,
-            extra={"JOB": job.id, "CLIENT": job.client, "EVENT": "started"},
-        )
-        self._emit(protocol.started_event(job.id))
-
-    # --- Audio server health -------------------------------------------------------
-
-    async def _check_audio(self) -> None:
-        """Look at the PulseAudio server once at startup and say what was found."""
-        try:
-            info = await asyncio.to_thread(self.monitor.check)
-        except AudioUnavailable as exc:
-            self._audio_down(str(exc))
+            self._end(job, Outcome.FAILED, code=Code.INTERNAL_ERROR, message=repr(exc))
         else:
-            log.info(
-                "PulseAudio: %s %s, default sink %s", info.name, info.version, info.default_sink
-            )
-            self._mark_audio_ok()
+            if self.player.state is not AudioState.OK:
+                self.player.set_state(AudioState.OK)
+            if job.underruns:
+                log.warning(
+                    "job %d: playback ran dry %d time(s): audible gaps (generation too slow, "
+                    "or the machine too busy to feed the stream)",
+                    job.id,
+                    job.underruns,
+                    extra={"JOB": job.id, "EVENT": "underrun"},
+                )
+            self._end(job, Outcome.FINISHED)
 
-    async def _require_audio(self) -> None:
-        if self.audio_state != "unavailable":
+    def _on_started(self, job: Job) -> None:
+        if job.state.done:
+            return
+        if job.started is None:
+            job.started = time.monotonic()
+            log.info(
+                "job %d started after %.3f s",
+                job.id,
+                job.started - job.created,
+                extra={"JOB": job.id, "CLIENT": job.client, "EVENT": "started"},
+            )
+            self._emit(JobStarted(job))
+            self._inspection = asyncio.create_task(self._inspect_stream(job))
+        elif job.postponed:
+            job.postponed = False
+            chunk = max(job.spoken_chunk, 0)
+            self._emit(JobContinued(job, chunk, job.chunks[chunk].start))
+
+    def _on_sentence(self, job: Job, index: int) -> None:
+        if job.state.done:
+            return
+        chunk = job.chunks[index]
+        self._emit(SentenceStarted(job, index, chunk.start, chunk.end))
+
+    async def _inspect_stream(self, job: Job) -> None:
+        """Find where the server plays the job; put its volume right if a module such as
+        stream-restore applied a remembered one."""
+        stream = self.player.stream
+        if stream is None:
             return
         try:
-            await asyncio.to_thread(self.monitor.check)
-        except AudioUnavailable as exc:
-            self._audio_down(str(exc))
-            raise PlaybackError(str(exc), "audio_unavailable") from None
-        log.info("PulseAudio is reachable again")
-        self._mark_audio_ok()
-
-    def _audio_down(self, message: str) -> None:
-        if self.audio_state != "unavailable":
-            log.error("audio output unavailable: %s", message)
-        self.audio_state, self.audio_error = "unavailable", message
-
-    def _mark_audio_ok(self) -> None:
-        self.audio_state, self.audio_error = "ok", ""
+            found = await self.output.stream_info(stream)
+            if found is not None and abs(found.volume - job.volume) > 0.01:
+                log.info("job %d: volume %.2f reset to %.2f", job.id, found.volume, job.volume)
+                await self.output.set_volume(stream, job.volume)
+        except Exception as exc:  # a question about the stream must never fail the job
+            log.debug("job %d: cannot inspect its stream: %s", job.id, exc)
+            return
+        if found is not None:
+            job.sink, job.sink_input = found.sink, found.index

@@ -1,24 +1,28 @@
-"""WebSocket connections: parse requests, call the scheduler, reply, broadcast events.
+"""The WebSocket server: connections, requests, replies, and events to every client.
 
-Sending is synchronous (``websockets``' :func:`broadcast` writes to the transport at
-once), so a reply and the events it causes reach every client in the order they
-happened: a client always sees ``queued`` before its job's ``started``. Because nothing
-waits for a client to read, a client that stops reading only grows its own send
-buffer; once that stays over ``send_buffer_limit`` the client is dropped.
+One listening socket, one ``websockets`` server. Each connection gets ``hello``, then
+every request it sends gets exactly one reply (echoing its ``id``), and every event
+goes to every authenticated connection in the order it happened. Events are written
+without waiting for slow readers: a client whose unsent backlog stays over
+``send_buffer_limit`` is dropped.
 
 Who may connect is decided in :mod:`ttsd.server.security` on the handshake; per
-connection limits (request rate, send backlog) live in :mod:`ttsd.server.limits`.
+connection limits (request rate, send backlog) live in :mod:`ttsd.server.limits`;
+scheduler events become messages in :mod:`ttsd.server.wire`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import dataclasses
 import itertools
 import logging
 import socket
+import struct
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from websockets.asyncio.server import Server as WebSocketServer
@@ -29,11 +33,18 @@ from websockets.http11 import Request, Response
 
 from ttsd import __version__, protocol
 from ttsd.config import Config
-from ttsd.scheduler import Scheduler
+from ttsd.engines import EngineError
+from ttsd.errors import Code
+from ttsd.scheduler import JobKind, Order, Priority, Rejection, Scheduler
+from ttsd.scheduler.events import Event, JobQueued
 from ttsd.server.limits import Backlog, RateLimiter
 from ttsd.server.security import AccessPolicy
+from ttsd.server.wire import message_of
 
 log = logging.getLogger("ttsd.server")
+
+#: Seconds a closing connection waits for the client's close frame (then it is cut).
+CLOSE_TIMEOUT = 1.0
 
 
 @dataclass(eq=False)
@@ -43,6 +54,16 @@ class Peer:
     label: str
     rate: RateLimiter
     backlog: Backlog
+    #: The name this client gave itself (``identify``), and its defaults for ``speak``.
+    name: str | None = None
+    defaults: dict[str, Any] = field(default_factory=dict)
+    #: Consecutive requests refused for the rate limit (logged once per burst).
+    limited: int = 0
+
+    @property
+    def client(self) -> str:
+        """How jobs and events name this client."""
+        return self.name or self.label
 
 
 def limit_kernel_buffer(connection: ServerConnection, size: int) -> None:
@@ -65,11 +86,18 @@ def unsent_bytes(connection: ServerConnection) -> int:
 class Server:
     """Serves the ttsd protocol to WebSocket clients on one listening socket."""
 
-    def __init__(self, config: Config, scheduler: Scheduler) -> None:
+    def __init__(
+        self,
+        config: Config,
+        scheduler: Scheduler,
+        *,
+        text_cleaner: Callable[[str], str] | None = None,
+    ) -> None:
         self.config = config
         self.scheduler = scheduler
-        #: Connections that may make requests and receive events, with their labels.
-        self.clients: dict[ServerConnection, str] = {}
+        self.text_cleaner = text_cleaner
+        #: Connections that may make requests and receive events.
+        self.clients: dict[ServerConnection, Peer] = {}
         #: Every open connection, authenticated or not.
         self.peers: dict[ServerConnection, Peer] = {}
         self.policy = AccessPolicy()
@@ -78,10 +106,15 @@ class Server:
         self._websocket_server: WebSocketServer | None = None
         self._client_numbers = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
+        #: The connection whose ``speak`` is being carried out, and its request id:
+        #: its ``queued`` goes to it as the reply (see :meth:`emit`).
+        self._requester: tuple[ServerConnection, protocol.RequestId] | None = None
 
     # --- Sending -------------------------------------------------------------------
 
-    def send(self, connections: Iterable[ServerConnection], message: dict[str, Any]) -> None:
+    def send(
+        self, connections: Iterable[ServerConnection], message: protocol.Message | bytes
+    ) -> None:
         """Write ``message`` to ``connections`` now, without waiting for them to read it.
 
         A connection that has been too far behind for too long is dropped instead.
@@ -93,7 +126,7 @@ class Server:
                 self.drop(connection, peer)
             else:
                 keep.append(connection)
-        broadcast(keep, protocol.encode(message))
+        broadcast(keep, message if isinstance(message, bytes) else protocol.encode(message))
 
     def drop(self, connection: ServerConnection, peer: Peer) -> None:
         """Cut off a client that does not read its events (no closing handshake)."""
@@ -108,11 +141,23 @@ class Server:
         if connection.transport is not None:
             connection.transport.abort()
 
-    def emit(self, event: dict[str, Any]) -> None:
-        """Broadcast an event to every connected client (the scheduler's ``emit``)."""
-        self.send(self.clients, event)
+    def emit(self, event: Event) -> None:
+        """Broadcast a scheduler event to every client (the scheduler's ``emit``).
 
-    def reply(self, connection: ServerConnection, message: dict[str, Any]) -> None:
+        The ``queued`` of the ``speak`` being carried out goes to its requester as the
+        reply, with the request's ``id``, before any event the new job causes.
+        """
+        message = message_of(event)
+        requester = self._requester
+        if isinstance(event, JobQueued) and requester is not None:
+            connection, request_id = requester
+            self._requester = None
+            self.send([connection], _with_id(message, request_id))
+            self.send((c for c in self.clients if c is not connection), message)
+            return
+        self.send(self.clients, message)
+
+    def reply(self, connection: ServerConnection, message: protocol.Message) -> None:
         self.send([connection], message)
 
     # --- Listening -----------------------------------------------------------------
@@ -130,6 +175,7 @@ class Server:
             "max_size": self.config.max_message_bytes,
             "server_header": f"ttsd/{__version__}",
             "process_request": self.check_handshake,
+            "close_timeout": CLOSE_TIMEOUT,
         }
         if sock is not None:
             server = await serve(self.handle, sock=sock, **options)
@@ -148,7 +194,13 @@ class Server:
         return self._websocket_server
 
     async def close(self) -> None:
-        """Close every connection with 1001 (going away) and stop listening."""
+        """Close every connection with 1001 (going away) and stop listening.
+
+        A client that does not answer the close handshake is cut after
+        :data:`CLOSE_TIMEOUT` seconds, so no client can hold up a shutdown.
+        """
+        for task in list(self._tasks):
+            task.cancel()
         if self._websocket_server is not None:
             self._websocket_server.close(close_connections=True)
             await self._websocket_server.wait_closed()
@@ -173,6 +225,16 @@ class Server:
         )
         return connection.respond(refusal_status, reason + "\n")
 
+    def hello(self, peer: Peer, needs_token: bool) -> protocol.Hello:
+        return protocol.Hello(
+            version=__version__,
+            client=peer.label,
+            engine=self.scheduler.host.info(),
+            audio=self.scheduler.player.info(),
+            paused=self.scheduler.paused,
+            auth="required" if needs_token else None,
+        )
+
     async def handle(self, connection: ServerConnection) -> None:
         host, port, *_ = connection.remote_address or ("?", 0)
         label = f"client-{next(self._client_numbers)}@{host}:{port}"
@@ -189,26 +251,20 @@ class Server:
         needs_token = self.policy.token is not None and not self.policy.header_token(
             connection.request  # type: ignore[arg-type]
         )
-        hello = protocol.hello(
-            __version__,
-            client=label,
-            engine=self.scheduler.engine_info(),
-            audio=self.scheduler.audio_info(),
-        )
-        self.reply(connection, {**hello, "auth": "required"} if needs_token else hello)
+        self.reply(connection, self.hello(peer, needs_token))
         try:
             if needs_token and not await self.authenticate(connection, peer):
                 return
-            self.clients[connection] = label
+            self.clients[connection] = peer
             async for frame in connection:
-                self.handle_frame(connection, label, frame)
+                self.handle_frame(connection, peer, frame)
         except ConnectionClosed:
             pass
         finally:
             self.peers.pop(connection, None)
             if self.clients.pop(connection, None) is not None:
                 self.last_disconnect = time.monotonic()
-                self.scheduler.abort_client_jobs(label)
+                self.scheduler.client_gone(peer.client)
             log.debug("%s disconnected", label, extra={"CLIENT": label, "EVENT": "disconnect"})
 
     async def authenticate(self, connection: ServerConnection, peer: Peer) -> bool:
@@ -228,106 +284,278 @@ class Server:
             why = f"no token within {self.config.auth_timeout:g} s"
             message = f"{why}: {message}"
         if isinstance(request, protocol.Auth) and self.policy.token_matches(request.token):
-            self.reply(connection, protocol.ok_reply(rid, authenticated=True))
+            self.reply(connection, protocol.Ok(authenticated=True, id=rid))
             return True
         log.warning("%s refused: %s", peer.label, why, extra={"CLIENT": peer.label})
-        self.reply(connection, protocol.error_reply(protocol.UNAUTHORIZED, message, rid))
+        self.reply(connection, protocol.ErrorReply(code=Code.UNAUTHORIZED, message=message, id=rid))
         await connection.close(CloseCode.POLICY_VIOLATION, "unauthorized")
         return False
 
-    def handle_frame(self, connection: ServerConnection, label: str, frame: str | bytes) -> None:
+    def handle_frame(self, connection: ServerConnection, peer: Peer, frame: str | bytes) -> None:
         """Answer one frame with exactly one reply."""
-        request: protocol.Request | None = None
+        rid: protocol.RequestId = None
+        reply: protocol.Message | None
         try:
-            peer = self.peers.get(connection)
-            if peer is not None and not peer.rate.allow():
+            if not peer.rate.allow():
+                rid = protocol.peek_id(frame)
+                peer.limited += 1
+                if peer.limited == 1:  # once per burst: a flood must not flood the log
+                    log.warning(
+                        "%s: over %g requests per second; refusing until it slows down",
+                        peer.label,
+                        self.config.max_requests_per_second,
+                        extra={"CLIENT": peer.label, "EVENT": "rate_limited"},
+                    )
                 raise protocol.ProtocolError(
-                    protocol.RATE_LIMITED,
+                    Code.RATE_LIMITED,
                     f"more than {self.config.max_requests_per_second:g} requests per second",
-                    protocol.peek_id(frame),
+                    rid,
                 )
+            if peer.limited:
+                log.info(
+                    "%s: %d requests were refused for the rate limit", peer.label, peer.limited
+                )
+                peer.limited = 0
             if isinstance(frame, bytes):
                 raise protocol.ProtocolError(
-                    protocol.BAD_REQUEST, "binary frames are not supported; send JSON text"
+                    Code.BAD_REQUEST, "binary frames are not supported; send JSON text"
                 )
-            request = protocol.parse_request(frame, max_text_length=self.config.max_text_length)
-            reply = self.dispatch(connection, label, request)
-        except protocol.ProtocolError as exc:
-            log.warning(
-                "%s: %s: %s",
-                label,
-                exc.code,
-                exc.message,
-                extra={"CLIENT": label, "EVENT": "protocol_error"},
+            request = protocol.parse_request(
+                frame,
+                max_text_length=self.config.max_text_length,
+                text_cleaner=self.text_cleaner,
             )
-            # Errors raised past parsing (unknown_job, shutting_down) may not carry the
-            # id; the reply must still echo it or the client never matches it.
-            rid = exc.request_id if exc.request_id is not None or request is None else request.id
-            reply = protocol.error_reply(exc.code, exc.message, rid)
+            rid = request.id
+            reply = self.dispatch(connection, peer, request)
+        except protocol.ProtocolError as exc:
+            if exc.code is not Code.RATE_LIMITED:
+                log.warning(
+                    "%s: %s: %s",
+                    peer.label,
+                    exc.code.value,
+                    exc.message,
+                    extra={"CLIENT": peer.label, "EVENT": "protocol_error"},
+                )
+            reply = protocol.ErrorReply(code=exc.code, message=exc.message, id=exc.request_id)
+        except Rejection as exc:
+            log.info("%s: refused: %s: %s", peer.label, exc.code.value, exc.message)
+            reply = protocol.ErrorReply(code=exc.code, message=exc.message, id=rid)
         except Exception as exc:  # a bug must cost one request, not the connection
-            log.exception("%s: request failed", label, extra={"CLIENT": label})
-            reply = protocol.error_reply(protocol.INTERNAL_ERROR, f"internal error: {exc!r}")
+            log.exception("%s: request failed", peer.label, extra={"CLIENT": peer.label})
+            reply = protocol.ErrorReply(
+                code=Code.INTERNAL_ERROR, message=f"internal error: {exc!r}", id=rid
+            )
+        finally:
+            self._requester = None
         if reply is not None:
             self.reply(connection, reply)
 
-    async def _synthesize(
-        self, connection: ServerConnection, label: str, request: protocol.Synthesize
-    ) -> None:
-        try:
-            pcm, rate = await self.scheduler.synthesize(request)
-        except protocol.ProtocolError as exc:
-            log.warning("%s: synthesize failed: %s", label, exc.message, extra={"CLIENT": label})
-            self.reply(connection, protocol.error_reply(exc.code, exc.message, request.id))
-            return
-        self.reply(connection, protocol.audio_reply(pcm.tobytes(), rate, request.id))
-
     def dispatch(
-        self, connection: ServerConnection, label: str, request: protocol.Request
-    ) -> dict[str, Any] | None:
+        self, connection: ServerConnection, peer: Peer, request: protocol.Request
+    ) -> protocol.Message | None:
         """Carry out ``request``; return the direct reply (events go out meanwhile).
 
-        None means the reply will be sent later, by a task (``synthesize``).
+        None means the reply was sent already (``speak``: its ``queued``) or will be
+        sent by a task (``synthesize``).
         """
         scheduler = self.scheduler
         rid = request.id
         match request:
             case protocol.Speak():
-                job = scheduler.submit(request, label)
-                event = protocol.queued_event(job.id, scheduler.position(job))
-                self.send((c for c in self.clients if c is not connection), event)
-                return protocol.with_id(event, rid)
+                if self.stop_requested.is_set():
+                    raise Rejection(Code.SHUTTING_DOWN, "the daemon is shutting down")
+                self._requester = (connection, rid)
+                scheduler.submit(self._order(peer, request))
+                return None
             case protocol.Synthesize():
-                task = asyncio.create_task(self._synthesize(connection, label, request))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                if self.stop_requested.is_set():
+                    raise Rejection(Code.SHUTTING_DOWN, "the daemon is shutting down")
+                job = scheduler.submit(self._order(peer, request))
+                self._spawn(self._synthesize(connection, peer, request, job))
                 return None
             case protocol.AbortCurrent():
-                return protocol.ok_reply(rid, aborted=scheduler.abort_current())
+                return protocol.Ok(aborted=scheduler.abort_current(), id=rid)
             case protocol.AbortAll():
-                return protocol.ok_reply(rid, aborted=scheduler.abort_all())
-            case protocol.AbortJob(job=job_id):
-                return protocol.ok_reply(rid, aborted=scheduler.abort_job(job_id))
+                return protocol.Ok(aborted=scheduler.abort_all(), id=rid)
+            case protocol.Abort(job=job_id, client=client):
+                if job_id is not None:
+                    return protocol.Ok(aborted=scheduler.abort_job(job_id), id=rid)
+                assert client is not None
+                return protocol.Ok(aborted=scheduler.abort_client(client), id=rid)
+            case protocol.Pause():
+                job = scheduler.pause()
+                return protocol.Ok(paused=True, job=job.id if job else None, id=rid)
+            case protocol.Resume():
+                job = scheduler.resume()
+                return protocol.Ok(paused=False, job=job.id if job else None, id=rid)
             case protocol.Status():
-                return protocol.with_id(
-                    {
-                        "type": "status",
-                        "version": __version__,
-                        **scheduler.status(),
-                        "clients": len(self.clients),
-                    },
-                    rid,
+                return protocol.StatusReply(
+                    version=__version__, **scheduler.status(), clients=len(self.clients), id=rid
                 )
             case protocol.Voices():
-                return protocol.with_id({"type": "voices", "voices": scheduler.voices()}, rid)
+                return protocol.VoicesReply(voices=scheduler.voices(), id=rid)
             case protocol.Ping():
-                return protocol.with_id({"type": "pong"}, rid)
+                return protocol.Pong(id=rid)
+            case protocol.Normalize(text=text):
+                spans = scheduler.sentences(text)
+                return protocol.NormalizeReply(
+                    format="text",
+                    sentences=[
+                        {"index": i, "text": text[s:e], "start": s, "end": e}
+                        for i, (s, e) in enumerate(spans)
+                    ],
+                    id=rid,
+                )
+            case protocol.Identify():
+                return self._identify(peer, request)
             case protocol.Auth(token=token):
-                if not self.policy.token_matches(token):
-                    raise protocol.ProtocolError(protocol.UNAUTHORIZED, "wrong token", rid)
-                return protocol.ok_reply(rid, authenticated=True)
+                if self.policy.token is not None and not self.policy.token_matches(token):
+                    raise protocol.ProtocolError(Code.UNAUTHORIZED, "wrong token", rid)
+                # With auth = none there is nothing to authenticate against.
+                return protocol.Ok(authenticated=self.policy.token is not None, id=rid)
             case protocol.Terminate():
-                log.info("terminate requested by %s", label)
-                aborted = scheduler.abort_all("terminate")
+                log.info("terminate requested by %s", peer.label)
                 self.stop_requested.set()
-                return protocol.ok_reply(rid, aborted=aborted)
-        raise protocol.ProtocolError(protocol.UNKNOWN_TYPE, f"unhandled {request!r}", rid)
+                return protocol.Ok(aborted=scheduler.abort_all("terminate"), id=rid)
+        raise protocol.ProtocolError(Code.UNKNOWN_TYPE, f"unhandled {request!r}", rid)
+
+    def _order(self, peer: Peer, request: protocol.Speak | protocol.Synthesize) -> Order:
+        defaults = peer.defaults
+        if isinstance(request, protocol.Synthesize):
+            return Order(
+                text=request.text,
+                client=peer.client,
+                kind=JobKind.SYNTHESIZE,
+                voice=request.voice or defaults.get("voice"),
+                options=request.options or {},
+            )
+        priority = request.priority or defaults.get("priority") or Priority.MESSAGE.value
+        volume = request.volume if request.volume is not None else defaults.get("volume")
+        return Order(
+            text=request.text,
+            client=peer.client,
+            voice=request.voice or defaults.get("voice"),
+            options=request.options or {},
+            volume=volume,
+            priority=Priority(priority),
+            key=request.key,
+            resume_interrupted=bool(request.resume),
+            cancel_on_disconnect=bool(request.cancel_on_disconnect),
+        )
+
+    def _identify(self, peer: Peer, request: protocol.Identify) -> protocol.Message:
+        taken = {p.name for p in self.clients.values() if p is not peer}
+        if request.name in taken:
+            raise protocol.ProtocolError(
+                Code.BAD_REQUEST,
+                f"another connection is already named {request.name!r}",
+                request.id,
+            )
+        if request.voice is not None:
+            self.scheduler.host.check(request.voice, {})
+        peer.name = request.name
+        peer.defaults = {
+            key: value
+            for key, value in (
+                ("voice", request.voice),
+                ("priority", request.priority),
+                ("volume", request.volume),
+            )
+            if value is not None
+        }
+        log.info("%s is %s", peer.label, peer.name, extra={"CLIENT": peer.label})
+        return protocol.Ok(client=peer.name, id=request.id)
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _synthesize(
+        self,
+        connection: ServerConnection,
+        peer: Peer,
+        request: protocol.Synthesize,
+        job: Any,
+    ) -> None:
+        """Send a synthesis job's audio: one ``audio`` reply, or streamed frames."""
+        rid = request.id
+        parts: list[bytes] = []
+        samples = 0
+        header_sent = False
+        try:
+            async for pcm in self.scheduler.audio(job):
+                data = pcm.astype("<i2", copy=False).tobytes()
+                samples += len(pcm)
+                if request.stream:
+                    if not header_sent:
+                        self.reply(connection, self._audio_start(job, rid))
+                        header_sent = True
+                    self.send([connection], struct.pack("<I", job.id) + data)
+                else:
+                    parts.append(data)
+        except Rejection as exc:
+            self._end_synthesis(
+                connection, request, job, samples, header_sent, exc.code, exc.message
+            )
+            return
+        except EngineError as exc:
+            code = Code(exc.code)
+            log.warning("%s: synthesize failed: %s", peer.label, exc, extra={"CLIENT": peer.label})
+            self._end_synthesis(connection, request, job, samples, header_sent, code, str(exc))
+            return
+        if request.stream:
+            if not header_sent:
+                self.reply(connection, self._audio_start(job, rid))
+            self.reply(
+                connection,
+                protocol.AudioEnd(job=job.id, outcome="finished", samples=samples, id=rid),
+            )
+            return
+        pcm = b"".join(parts)
+        self.reply(
+            connection,
+            protocol.AudioReply(
+                sample_rate=self.scheduler.sample_rate,
+                samples=len(pcm) // 2,
+                data=base64.b64encode(pcm).decode("ascii"),
+                job=job.id,
+                id=rid,
+            ),
+        )
+
+    def _audio_start(self, job: Any, rid: protocol.RequestId) -> protocol.AudioStart:
+        return protocol.AudioStart(job=job.id, sample_rate=self.scheduler.sample_rate, id=rid)
+
+    def _end_synthesis(
+        self,
+        connection: ServerConnection,
+        request: protocol.Synthesize,
+        job: Any,
+        samples: int,
+        header_sent: bool,
+        code: Code,
+        message: str,
+    ) -> None:
+        rid = request.id
+        if request.stream and header_sent:
+            outcome = "aborted" if code in (Code.ABORTED, Code.SHUTTING_DOWN) else "error"
+            self.reply(
+                connection,
+                protocol.AudioEnd(
+                    job=job.id,
+                    outcome=outcome,
+                    samples=samples,
+                    code=code.value,
+                    message=message,
+                    id=rid,
+                ),
+            )
+        else:
+            self.reply(connection, protocol.ErrorReply(code=code, message=message, id=rid))
+
+
+def _with_id(message: protocol.Message, request_id: protocol.RequestId) -> protocol.Message:
+    if request_id is None:
+        return message
+    return dataclasses.replace(message, id=request_id)  # type: ignore[call-arg]

@@ -1,10 +1,16 @@
-"""The daemon: builds the scheduler and the server, runs until told to stop.
+"""The composition root: builds the daemon's parts, runs it, and stops it cleanly.
 
-``run`` is what ``ttsd serve`` calls. It listens on an inherited socket when one is
-given (systemd socket activation) or binds ``host:port`` itself, and stops cleanly on
-``terminate``, SIGTERM or SIGINT, or after ``idle_exit`` seconds with no clients and
-no jobs: every job is aborted with reason ``terminate``, every connection is closed
-with 1001, no pacat is left behind, and it returns 0.
+``main`` is what ``ttsd serve`` calls. It wires config -> engine host -> audio output
+-> scheduler -> server, listens on an inherited socket when one is given (systemd
+socket activation) or binds ``host:port`` itself, and stops on ``terminate``,
+SIGTERM or SIGINT, or after ``idle_exit`` seconds with no clients and no jobs.
+
+Stopping is always clean, whatever the engine is doing: every job ends with one
+``aborted`` (reason ``terminate``), ``STOPPING=1`` is sent, every stream is killed,
+every connection closed with 1001, and the process exits 0. An engine call in flight
+is cancelled and gets :data:`Settings.stop_timeout` seconds to return; if native code
+(onnxruntime, torch) does not return in time, the process leaves with ``os._exit(0)``
+after flushing its logs, never through a C++ abort at interpreter exit.
 
 The service manager hears ``READY=1`` as soon as connections are served (the model
 may still be loading: clients see that in ``hello``/``status`` and their jobs wait),
@@ -21,16 +27,20 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from websockets.asyncio.server import Server as WebSocketServer
 
+from ttsd.audio import AudioOutput, PacatOutput
 from ttsd.config import Config, ConfigError, load_config
-from ttsd.engines import Engine, create_engine, resolve_auto
-from ttsd.scheduler import Scheduler
-from ttsd.server.server import Server
+from ttsd.engines import Engine, EngineError, create_engine, resolve_auto
+from ttsd.scheduler import EngineHost, Limits, Scheduler, Settings
+from ttsd.scheduler.engine_host import EngineFactory
+from ttsd.scheduler.events import EngineChanged, Event
+from ttsd.server import Server
 from ttsd.systemd.activation import ActivationError, inherited_socket
 from ttsd.systemd.journal import setup_logging
 from ttsd.systemd.notify import SdNotifier
@@ -59,34 +69,61 @@ class NullNotifier:
         pass
 
 
-def engine_factory(config: Config) -> Callable[[], Engine]:
-    """Return a function that builds the configured engine (resolving ``auto``)."""
+def build_engine(config: Config, name: str) -> Engine:
+    """Build (not load) engine ``name`` with its settings; bad settings: ConfigError."""
+    try:
+        return create_engine(name, config.engine_settings(name))
+    except TypeError as exc:  # an unknown key in the engine's table
+        raise ConfigError(f"[{name}] settings: {exc}") from None
+    except EngineError as exc:
+        raise ConfigError(str(exc)) from None
 
-    def make() -> Engine:
-        name = config.engine
-        if name == "auto":
+
+def engine_factory(config: Config) -> EngineFactory:
+    """A function that builds the configured engine, resolving ``auto``, and says why."""
+
+    def make() -> tuple[Engine, str]:
+        if config.engine == "auto":
             name, reason = resolve_auto()
-            log.info("engine auto: chose %s (%s)", name, reason)
-        try:
-            return create_engine(name, config.engine_settings(name))
-        except TypeError as exc:  # an unknown key in the engine's table
-            raise ConfigError(f"[{name}] settings: {exc}") from None
+            return build_engine(config, name), f"auto: {reason}"
+        return build_engine(config, config.engine), f"engine = {config.engine} in the settings"
 
     return make
 
 
+def settings_of(config: Config) -> Settings:
+    return Settings(
+        chunk_chars=config.chunk_chars,
+        first_chunk_chars=config.first_chunk_chars,
+        ahead_seconds=config.ahead_seconds,
+        volume=config.volume,
+        limits=Limits(
+            max_queue=config.max_queue,
+            max_queue_per_client=config.max_queue_per_client,
+            max_synthesize_per_client=config.max_synthesize_per_client,
+        ),
+        stall_timeout=config.stall_timeout,
+    )
+
+
 def describe_activity(scheduler: Scheduler) -> str:
     """One line for the service manager's STATUS=: what the daemon is doing now."""
-    if scheduler.engine_state == "loading":
-        text = f"loading {scheduler.engine_info()['name']} engine"
-    elif scheduler.engine_state == "failed":
-        text = f"engine failed: {scheduler.engine_error}"
-    elif scheduler.current is not None:
-        text = f"speaking job {scheduler.current.id}"
+    host = scheduler.host
+    current = scheduler.queue.playing
+    if host.state.value == "loading":
+        text = f"loading {host.name} engine"
+    elif host.state.value == "failed":
+        text = f"engine failed: {host.error}"
+    elif current is not None:
+        text = f"{'paused in' if scheduler.paused else 'speaking'} job {current.id}"
+    elif scheduler.paused:
+        text = "paused"
     else:
         text = "idle"
-    if scheduler.queue:
-        text += f", {len(scheduler.queue)} queued"
+    if scheduler.queue.waiting:
+        text += f", {len(scheduler.queue.waiting)} queued"
+    if scheduler.queue.making:
+        text += f", synthesizing {len(scheduler.queue.making)}"
     return text
 
 
@@ -102,10 +139,14 @@ async def run(
     *,
     sock: socket.socket | None = None,
     notifier: Notifier | None = None,
-    make_engine: Callable[[], Engine] | None = None,
+    make_engine: EngineFactory | None = None,
+    output: AudioOutput | None = None,
     tick: float = TICK,
 ) -> int:
-    """Serve until stopped; return the process exit status."""
+    """Serve until stopped; return the process exit status.
+
+    Raises :class:`ConfigError` for bad engine settings (before serving).
+    """
     notifier = notifier or NullNotifier()
     loop = asyncio.get_running_loop()
     server: Server | None = None
@@ -121,14 +162,36 @@ async def run(
             last_status = text
             notifier.status(text)
 
-    def emit(event: dict[str, Any]) -> None:
+    def emit(event: Event) -> None:
         if server is not None:
             server.emit(event)
         refresh_status()
 
-    scheduler = Scheduler(config, make_engine or engine_factory(config), emit)
+    factory = make_engine or engine_factory(config)
+    engine: Engine | None = None
+    selected = ""
+    if config.engine != "auto" or make_engine is not None:
+        # A named engine is built now, so that bad settings stop the daemon at once.
+        engine, selected = factory()
+    scheduler = Scheduler(
+        settings_of(config),
+        EngineHost(
+            factory,
+            name=config.engine,
+            engine=engine,
+            selected=selected,
+            unload_after=config.engine_unload,
+            is_idle=lambda: not scheduler.busy,
+            on_change=lambda info: emit(EngineChanged(info)),
+        ),
+        output
+        or PacatOutput(
+            media_role=config.media_role, sink=config.sink, latency_ms=config.latency_ms
+        ),
+        emit,
+    )
     server = Server(config, scheduler)
-    await scheduler.start()
+    scheduler.start()
     await server.start(sock)
     notifier.ready()
     refresh_status()
@@ -137,28 +200,35 @@ async def run(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, _on_signal, server, signum, reason)
     idle = IdleExit(server, scheduler, config.idle_exit)
-    try:
-        while not server.stop_requested.is_set():
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(server.stop_requested.wait(), tick)
-            refresh_status()
-            if idle.due() and await idle.confirm():
-                reason.append("idle")
-                break
-    finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
+    while not server.stop_requested.is_set():
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(server.stop_requested.wait(), tick)
+        refresh_status()
+        if idle.due() and await idle.confirm():
+            reason.append("idle")
+            break
+    # The signal handlers stay: a second Ctrl-C while stopping is only logged.
     stopping = True
     notifier.stopping()
     notifier.status(f"stopping ({reason[0] if reason else 'terminate'})")
-    await scheduler.close("terminate")
+    started = time.monotonic()
+    _, engine_stopped = await scheduler.close("terminate")
     await server.close()
-    log.info("stopped")
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(signum)
+    log.info(
+        "stopped in %.2f s%s",
+        time.monotonic() - started,
+        "" if engine_stopped else " (the engine call in flight did not return in time)",
+    )
     return 0
 
 
 def _on_signal(server: Server, signum: int, reason: list[str]) -> None:
     name = signal.Signals(signum).name
+    if server.stop_requested.is_set():
+        log.info("received %s again; already stopping", name)
+        return
     log.info("received %s, shutting down", name)
     reason.append(name)
     server.stop_requested.set()
@@ -171,7 +241,7 @@ class IdleExit:
     accepting (the listening socket stays open: under systemd, connections that
     arrive now wait in its backlog for the next start), give connections accepted a
     moment earlier time to show up, and look again. If someone did slip in, the
-    daemon accepts again and stays.
+    daemon accepts again and stays. A paused daemon with jobs is busy, not idle.
     """
 
     def __init__(self, server: Server, scheduler: Scheduler, seconds: float) -> None:
@@ -247,14 +317,36 @@ def main(overrides: dict[str, Any] | None = None) -> int:
         return 1
     notifier = SdNotifier()
     try:
-        return asyncio.run(run(config, sock=sock, notifier=notifier))
+        code = asyncio.run(run(config, sock=sock, notifier=notifier))
     except ConfigError as exc:
         notifier.status(f"failed: {exc}")
         log.error("%s", exc)
-        return 2
+        code = 2
     except OSError as exc:
         notifier.status(f"failed: cannot serve: {exc}")
         log.error("cannot serve: %s", exc)
-        return 1
+        code = 1
     finally:
         notifier.close()
+    return leave(code)
+
+
+def leave(code: int, threads: Callable[[], list[threading.Thread]] = threading.enumerate) -> int:
+    """Return ``code``, or exit with it at once if a native call still runs.
+
+    Threads still alive here are an engine call that did not return in time, or a
+    PulseAudio question to a frozen server. Letting the interpreter finalise under
+    them can end in ``std::terminate`` (SIGABRT, a core dump, a failed unit), so the
+    process flushes its output and leaves with ``os._exit``.
+    """
+    others = [t for t in threads() if t is not threading.main_thread() and t.is_alive()]
+    if not others:
+        return code
+    logging.getLogger("ttsd").debug(
+        "leaving with os._exit: %s still running", ", ".join(t.name for t in others)
+    )
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
