@@ -135,8 +135,9 @@ class Job:
     spoken_chunk: int = -1
     #: Times the stream ran dry so far.
     underruns: int = 0
-    #: Interrupted by a higher priority: it plays again from ``spoken_chunk``.
+    #: Interrupted by a higher priority: it plays again from chunk ``resume_from``.
     postponed: bool = False
+    resume_from: int = 0
     #: Where the server plays it (found once its sound started).
     sink: str | None = None
     sink_input: int | None = None

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from ttsd.audio.output import AudioOutput, AudioStream, AudioUnavailable, PlaybackError
+from ttsd.engines import EngineError
 from ttsd.errors import Code
 from ttsd.scheduler.jobs import Job, Piece
 
@@ -83,10 +84,12 @@ class Player:
         self._unpaused = asyncio.Event()
         self._unpaused.set()
         self._pause_requested = asyncio.Event()
+        #: The stream :meth:`pause` killed: its end is a pause, not a failure.
+        self._paused_stream: AudioStream | None = None
+        self._timing: _Timing | None = None
         #: The open stream and the job it plays.
         self.stream: AudioStream | None = None
         self.job: Job | None = None
-        self._sentence_timers: list[asyncio.TimerHandle] = []
 
     # --- Audio health -----------------------------------------------------------------
 
@@ -145,6 +148,7 @@ class Player:
         self._unpaused.clear()
         self._pause_requested.set()
         if self.stream is not None:
+            self._paused_stream = self.stream
             self.stream.kill()
         return True
 
@@ -183,7 +187,7 @@ class Player:
         stream = self.stream = self.output.stream(
             rate, name=f"ttsd job {job.id}", volume=job.volume
         )
-        timing = _Timing(job, stream, listener, self._sentence_timers)
+        timing = self._timing = _Timing(job, stream, listener)
         drained = False
         base = job.played_samples  # samples of the job heard before this stream
         try:
@@ -192,29 +196,36 @@ class Player:
             announcer = asyncio.create_task(self._announce(timing))
             try:
                 await self._or_pause(feed.wait_ready(job))
+                failure: Exception | None = None
                 while True:
                     try:
                         piece = await self._next_or_pause(job, feed)
                     except _EndOfAudio:
+                        break
+                    except EngineError as exc:  # play out what was made, then fail
+                        failure = exc
                         break
                     timing.add(stream.written, piece)
                     if len(piece.pcm):
                         await self._bounded(stream.write(piece.pcm.tobytes()), "write")
                 await self._bounded(stream.finish(), "finish", stream)
                 drained = True
+                if failure is not None:
+                    raise failure
             finally:
                 announcer.cancel()
         except PlaybackError:
-            if self._pause_requested.is_set() and stream.written:
+            if stream is self._paused_stream:
                 raise _Pause() from None
             raise
         finally:
-            timing.cancel()
             stream.kill()
             heard = stream.written if drained else min(stream.played(), stream.written)
-            self._account(job, timing.written, heard, base)
+            timing.close(heard)
+            self._account(job, timing.written, heard, base, stream is self._paused_stream)
             job.underruns += stream.underruns
             self.stream = None
+            self._timing = None
             await stream.wait_closed()
 
     async def _or_pause(self, awaitable: Awaitable[T]) -> T:
@@ -263,7 +274,9 @@ class Player:
                 Code.PLAYBACK_STALLED,
             ) from None
 
-    def _account(self, job: Job, written: list[_Written], heard: int, base: int) -> None:
+    def _account(
+        self, job: Job, written: list[_Written], heard: int, base: int, paused: bool
+    ) -> None:
         """Record how much of this stream was heard; when pausing, put the rest back in
         front of the job so that the next stream starts at the next sample."""
         job.played_samples = base + heard
@@ -277,7 +290,7 @@ class Player:
                 unheard.append(Piece(entry.piece.chunk, pcm[heard - start :], first=False))
             else:
                 unheard.append(entry.piece)
-        if self._pause_requested.is_set():
+        if paused:
             for piece in reversed(unheard):
                 job.pieces.appendleft(piece)
                 job.buffered_samples += len(piece.pcm)
@@ -288,8 +301,17 @@ class Player:
         timing.listener.started(timing.job)
         timing.start()
 
+    def chunk_heard(self) -> int | None:
+        """Index of the chunk whose audio the open stream plays now (None: none yet)."""
+        timing = self._timing
+        if timing is None:
+            return None
+        heard = timing.stream.played()
+        chunks = [entry.piece.chunk for entry in timing.written if entry.offset <= heard]
+        return chunks[-1] if chunks else None
+
     def stop(self) -> None:
-        """Kill the open stream, if any (shutdown)."""
+        """Kill the open stream, if any (an abort, a postponement, shutdown)."""
         if self.stream is not None:
             self.stream.kill()
 
@@ -305,19 +327,14 @@ class _Timing:
     sentence start is timed from the stream's playback position.
     """
 
-    def __init__(
-        self,
-        job: Job,
-        stream: AudioStream,
-        listener: Listener,
-        timers: list[asyncio.TimerHandle],
-    ) -> None:
+    def __init__(self, job: Job, stream: AudioStream, listener: Listener) -> None:
         self.job = job
         self.stream = stream
         self.listener = listener
         self.written: list[_Written] = []
-        self._timers = timers
+        self._timers: list[asyncio.TimerHandle] = []
         self._started = False
+        self._fired: set[int] = set()
 
     def add(self, offset: int, piece: Piece) -> None:
         self.written.append(_Written(offset, piece))
@@ -329,21 +346,31 @@ class _Timing:
         for entry in self.written:
             self._schedule(entry.offset, entry.piece)
 
-    def cancel(self) -> None:
+    def close(self, heard: int) -> None:
+        """The stream ended after ``heard`` samples: report the sentences heard whose
+        timers had not fired yet (the clock and the stream never agree to the sample),
+        and drop the others."""
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
+        if self._started:
+            for entry in self.written:
+                if entry.offset < heard:
+                    self._fire(entry.piece)
 
     def _schedule(self, offset: int, piece: Piece) -> None:
         if not piece.first:
             return
         delay = (offset - self.stream.played()) / self.stream.rate
-
-        def fire() -> None:
-            self.job.spoken_chunk = max(self.job.spoken_chunk, piece.chunk)
-            self.listener.sentence(self.job, piece.chunk)
-
         if delay <= 0:
-            fire()
+            self._fire(piece)
         else:
-            self._timers.append(asyncio.get_running_loop().call_later(delay, fire))
+            loop = asyncio.get_running_loop()
+            self._timers.append(loop.call_later(delay, self._fire, piece))
+
+    def _fire(self, piece: Piece) -> None:
+        if not piece.first or piece.chunk in self._fired:
+            return
+        self._fired.add(piece.chunk)
+        self.job.spoken_chunk = max(self.job.spoken_chunk, piece.chunk)
+        self.listener.sentence(self.job, piece.chunk)

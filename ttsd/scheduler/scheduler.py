@@ -215,10 +215,12 @@ class Scheduler:
         job = admission.job
         current = admission.postponed
         if current is not None and not current.state.done:
-            chunk = max(current.spoken_chunk, 0)
+            heard = self.player.chunk_heard() if self.player.job is current else None
+            chunk = max(heard if heard is not None else current.spoken_chunk, 0)
             self._stop_playing(current)
             self.queue.postpone(current)
             current.postponed = True
+            current.resume_from = chunk
             current.restart_from(chunk)
             log.info(
                 "job %d postponed by job %d; it resumes from sentence %d",
@@ -604,27 +606,36 @@ class Scheduler:
             await self.player.play(job, rate, self, listener)
         except asyncio.CancelledError:
             return  # ended (or postponed) by whoever cancelled: they emitted the event
-        except EngineError as exc:
+        except Exception as exc:
+            if self.queue.playing is not job:
+                # Ended or postponed meanwhile: killing its stream caused this error, and
+                # it won the race with the cancellation (asyncio.wait_for returns an
+                # inner result that is ready when it is cancelled).
+                return
+            self._fail_playing(job, exc)
+            return
+        if self.player.state is not AudioState.OK:
+            self.player.set_state(AudioState.OK)
+        if job.underruns:
+            log.warning(
+                "job %d: playback ran dry %d time(s): audible gaps (generation too slow, "
+                "or the machine too busy to feed the stream)",
+                job.id,
+                job.underruns,
+                extra={"JOB": job.id, "EVENT": "underrun"},
+            )
+        self._end(job, Outcome.FINISHED)
+
+    def _fail_playing(self, job: Job, exc: Exception) -> None:
+        if isinstance(exc, EngineError):
             self._end(job, Outcome.FAILED, code=Code(exc.code), message=str(exc))
-        except PlaybackError as exc:
+        elif isinstance(exc, PlaybackError):
             if exc.code is Code.AUDIO_UNAVAILABLE:
                 self.player.set_state(AudioState.UNAVAILABLE, str(exc))
             self._end(job, Outcome.FAILED, code=exc.code, message=str(exc))
-        except Exception as exc:
-            log.exception("job %d failed unexpectedly", job.id)
-            self._end(job, Outcome.FAILED, code=Code.INTERNAL_ERROR, message=repr(exc))
         else:
-            if self.player.state is not AudioState.OK:
-                self.player.set_state(AudioState.OK)
-            if job.underruns:
-                log.warning(
-                    "job %d: playback ran dry %d time(s): audible gaps (generation too slow, "
-                    "or the machine too busy to feed the stream)",
-                    job.id,
-                    job.underruns,
-                    extra={"JOB": job.id, "EVENT": "underrun"},
-                )
-            self._end(job, Outcome.FINISHED)
+            log.error("job %d failed unexpectedly", job.id, exc_info=exc)
+            self._end(job, Outcome.FAILED, code=Code.INTERNAL_ERROR, message=repr(exc))
 
     def _on_started(self, job: Job) -> None:
         if job.state.done:
@@ -641,7 +652,8 @@ class Scheduler:
             self._inspection = asyncio.create_task(self._inspect_stream(job))
         elif job.postponed:
             job.postponed = False
-            chunk = max(job.spoken_chunk, 0)
+            chunk = job.resume_from
+            job.spoken_chunk = chunk
             self._emit(JobContinued(job, chunk, job.chunks[chunk].start))
 
     def _on_sentence(self, job: Job, index: int) -> None:
