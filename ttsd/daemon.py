@@ -213,6 +213,7 @@ async def run(
     notifier.status(f"stopping ({reason[0] if reason else 'terminate'})")
     started = time.monotonic()
     _, engine_stopped = await scheduler.close("terminate")
+    log.debug("jobs, streams and engine stopped after %.3f s", time.monotonic() - started)
     await server.close()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(signum)

@@ -15,9 +15,10 @@ Only :meth:`CancelToken.cancel` crosses threads.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -39,18 +40,42 @@ class CancelToken:
     """Asks a running engine call to stop; set from any thread, polled by the engine.
 
     An engine checks :attr:`cancelled` between units of work it can stop after (a
-    sentence, a token step, a vocoder call) and then returns early. Nothing is
-    interrupted from outside: the engine's own loop decides where it is safe to stop.
+    sentence, a token step, a vocoder call) and then returns early. An engine whose
+    library can abort a call in progress (onnxruntime's ``RunOptions.terminate``)
+    registers that with :meth:`on_cancel`.
     """
 
-    __slots__ = ("_event",)
+    __slots__ = ("_callbacks", "_event", "_lock")
 
     def __init__(self) -> None:
         self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[], None]] = []
 
     def cancel(self) -> None:
         """Ask the call to stop at its next check. Idempotent."""
-        self._event.set()
+        with self._lock:
+            if self._event.is_set():
+                return
+            self._event.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def on_cancel(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` (from the cancelling thread) when the token is cancelled,
+        at once if it already is. Returns a function that unregisters it."""
+        with self._lock:
+            if not self._event.is_set():
+                self._callbacks.append(callback)
+
+                def remove() -> None:
+                    with self._lock, contextlib.suppress(ValueError):
+                        self._callbacks.remove(callback)
+
+                return remove
+        callback()
+        return lambda: None
 
     @property
     def cancelled(self) -> bool:

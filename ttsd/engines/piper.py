@@ -32,8 +32,8 @@ from ttsd.engines.base import (
 
 DEFAULT_VOICE = "joe"
 
-#: Most phonemes made in one onnxruntime call at length_scale 1 (about 20 s of speech).
-MAX_PHONEMES = 300
+#: Most phonemes made in one onnxruntime call at length_scale 1 (about 13 s of speech).
+MAX_PHONEMES = 200
 
 _NUMBER_OPTIONS = {
     "length_scale": (0.1, 5.0),  # >1 speaks slower
@@ -174,7 +174,10 @@ class PiperEngine(Engine):
             for part in split_phonemes(sentence, limit):
                 if cancel.cancelled:
                     return
-                yield _speak_phonemes(piper_voice, part, config)
+                pcm = _speak_phonemes(piper_voice, part, config, cancel)
+                if pcm is None:
+                    return  # cancelled inside onnxruntime
+                yield pcm
 
     def synthesize(self, text: str, voice: str | None, options: Mapping[str, Any]) -> np.ndarray:
         parts = list(self.stream(text, voice, options, CancelToken()))
@@ -215,11 +218,52 @@ def _load_voice(model: Path, name: str) -> Any:
         raise EngineError(f"cannot load Piper voice {name!r}: {exc}", "voice_load") from exc
 
 
-def _speak_phonemes(voice: Any, phonemes: list[str], config: Any) -> np.ndarray:
-    """What ``PiperVoice.synthesize`` does for one sentence, for one part of it."""
+def _run_model(voice: Any, phoneme_ids: list[int], config: Any, cancel: CancelToken) -> Any:
+    """``PiperVoice.phoneme_ids_to_audio``, with a cancel token that aborts the run.
+
+    The inputs are built as piper-tts 1.x builds them; the run gets onnxruntime
+    ``RunOptions`` whose ``terminate`` flag the token sets, so an abort stops the
+    model mid-sentence instead of after it. Returns None when cancelled.
+    """
+    import onnxruntime
+
+    model = voice.config
+    scales = [
+        model.noise_scale if config.noise_scale is None else config.noise_scale,
+        model.length_scale if config.length_scale is None else config.length_scale,
+        model.noise_w_scale if config.noise_w_scale is None else config.noise_w_scale,
+    ]
+    inputs: dict[str, np.ndarray] = {
+        "input": np.array([phoneme_ids], dtype=np.int64),
+        "input_lengths": np.array([len(phoneme_ids)], dtype=np.int64),
+        "scales": np.array(scales, dtype=np.float32),
+    }
+    if model.num_speakers > 1:
+        speaker = config.speaker_id if config.speaker_id is not None else model.default_speaker_id
+        inputs["sid"] = np.array([speaker or 0], dtype=np.int64)
+    run_options = onnxruntime.RunOptions()
+    remove = cancel.on_cancel(lambda: setattr(run_options, "terminate", True))
+    try:
+        return voice.session.run(None, inputs, run_options=run_options)[0].squeeze()
+    except Exception:
+        if cancel.cancelled:
+            return None  # onnxruntime: "Exiting due to terminate flag being set to true"
+        raise
+    finally:
+        remove()
+
+
+def _speak_phonemes(
+    voice: Any, phonemes: list[str], config: Any, cancel: CancelToken
+) -> np.ndarray | None:
+    """What ``PiperVoice.synthesize`` does for one sentence, for one part of it (None:
+    cancelled)."""
     if not phonemes:
         return np.zeros(0, dtype=np.int16)
-    audio = np.asarray(voice.phoneme_ids_to_audio(voice.phonemes_to_ids(phonemes), config))
+    raw = _run_model(voice, voice.phonemes_to_ids(phonemes), config, cancel)
+    if raw is None:
+        return None
+    audio = np.asarray(raw)
     if config.normalize_audio:
         peak = float(np.max(np.abs(audio))) if audio.size else 0.0
         audio = np.zeros_like(audio) if peak < 1e-8 else audio / peak

@@ -301,6 +301,14 @@ class Player:
         timing.listener.started(timing.job)
         timing.start()
 
+    def heard(self, job: Job) -> int:
+        """Samples of ``job`` heard so far, the open stream included."""
+        if self.job is job and self._timing is not None:
+            return job.played_samples + min(
+                self._timing.stream.played(), self._timing.stream.written
+            )
+        return job.played_samples
+
     def chunk_heard(self) -> int | None:
         """Index of the chunk whose audio the open stream plays now (None: none yet)."""
         timing = self._timing
