@@ -239,12 +239,13 @@ async def test_abort_during_generation_cancels_the_engine_and_the_next_job_start
     nxt = w.say("Next.")
     engine.gate.set()
     await until(lambda: len(engine.made) >= 5)
-    engine.gate.clear()  # hold the engine inside a call
+    engine.gate.clear()  # hold the engine inside a call (one piece may be past the gate)
+    held = len(engine.made)
     w.scheduler.abort_job(slow)
     engine.gate.set()
     await w.ended(slow, nxt)
     made_for_slow = sum(1 for text, _ in engine.made if text.startswith("x"))
-    assert made_for_slow <= 7  # stopped within a piece of the abort, not after 100
+    assert made_for_slow <= held + 1  # stopped within a piece of the abort, not after 100
     assert w.end_of(nxt).outcome is Outcome.FINISHED
     await w.scheduler.close()
 
