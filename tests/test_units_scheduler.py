@@ -484,3 +484,34 @@ async def test_pacing_waits_for_the_next_sentence_when_it_would_outrun_the_first
     await w.ended(job)
     assert w.end_of(job).outcome is Outcome.FINISHED
     await w.scheduler.close()
+
+
+async def test_a_repeated_phrase_plays_from_the_cache_without_the_engine(world: World) -> None:
+    first = world.say("Tests passed.")
+    await world.ended(first)
+    calls = world.engine.calls
+    again = world.say("Tests  passed.")  # whitespace does not matter
+    other_voice = world.say("Tests passed.", voice="other")
+    await world.ended(again, other_voice)
+    assert world.engine.calls == calls + 1  # only the other voice was made again
+    heard = [stream.heard() for stream in world.output.opened]
+    assert np.array_equal(heard[0], heard[1])
+    info = world.scheduler.status()["cache"]
+    assert info["hits"] == 1 and info["misses"] == 2 and info["entries"] == 2
+
+
+def test_the_cache_forgets_the_least_recently_used_to_stay_within_its_bytes() -> None:
+    from ttsd.scheduler.cache import PhraseCache, cache_key
+
+    cache = PhraseCache(max_bytes=3000)
+    keys = [cache_key("e", None, {}, f"phrase {n}") for n in range(3)]
+    for key in keys:
+        cache.put(key, [np.zeros(500, np.int16)])  # 1000 bytes each
+    assert cache.get(keys[0]) is not None  # now the most recently used
+    cache.put(cache_key("e", None, {}, "one more"), [np.zeros(500, np.int16)])
+    assert cache.get(keys[1]) is None and cache.get(keys[0]) is not None
+    assert cache.bytes <= 3000
+    cache.put(cache_key("e", None, {}, "too big"), [np.zeros(5000, np.int16)])
+    assert cache.get(cache_key("e", None, {}, "too big")) is None
+    cached = cache.get(keys[2])
+    assert cached is not None and not cached[0].flags.writeable

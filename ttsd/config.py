@@ -102,6 +102,8 @@ class Config:
     """Seconds with no clients and no jobs before the daemon exits (0: never)."""
     engine_unload: float = 0.0
     """Seconds with no jobs before the model is unloaded (0: never)."""
+    phrase_cache_mb: float = 32.0
+    """MiB of synthesized audio kept so that repeated phrases start at once (0: off)."""
     max_synthesize_per_client: int = 2
     """``synthesize`` requests one connection may have in progress at once."""
     stall_timeout: float = 5.0
@@ -212,7 +214,10 @@ def _check(name: str, value: Any, where: str) -> None:
                 )
     if name == "allowed_hosts" and any(not h or "/" in h or " " in h for h in value):
         fail("must be host names")
-    if name in ("ahead_seconds", "idle_exit", "engine_unload") and not value >= 0:
+    if (
+        name in ("ahead_seconds", "idle_exit", "engine_unload", "phrase_cache_mb")
+        and not value >= 0
+    ):
         fail("must be zero or more")
     if name == "stall_timeout" and not 0.5 <= value <= 600:
         fail("must be between 0.5 and 600 seconds")

@@ -103,6 +103,7 @@ def settings_of(config: Config) -> Settings:
             max_synthesize_per_client=config.max_synthesize_per_client,
         ),
         stall_timeout=config.stall_timeout,
+        cache_bytes=int(config.phrase_cache_mb * 2**20),
     )
 
 

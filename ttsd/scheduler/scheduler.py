@@ -29,6 +29,7 @@ import numpy as np
 from ttsd.audio.output import AudioOutput, PlaybackError
 from ttsd.engines import EngineError
 from ttsd.errors import Code
+from ttsd.scheduler.cache import PhraseCache, cache_key
 from ttsd.scheduler.chunking import chunk_text, split_spans
 from ttsd.scheduler.engine_host import EngineHost
 from ttsd.scheduler.events import (
@@ -70,6 +71,8 @@ class Settings:
     stall_timeout: float = 5.0
     #: Seconds a stopping daemon waits for the engine call in flight to return.
     stop_timeout: float = 1.5
+    #: Bytes of synthesized audio kept for phrases said again (0: no cache).
+    cache_bytes: int = 32 * 2**20
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,7 @@ class Scheduler:
         )
         self.output = output
         self.pacing = Pacing()
+        self.cache = PhraseCache(settings.cache_bytes) if settings.cache_bytes > 0 else None
         self.last_activity = time.monotonic()
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -321,6 +325,7 @@ class Scheduler:
             "paused": self.player.paused,
             "engine": self.host.info(),
             "audio": self.player.info(),
+            "cache": self.cache.info() if self.cache is not None else None,
         }
 
     def voices(self) -> list[str]:
@@ -483,16 +488,35 @@ class Scheduler:
                     return
                 job.options = dict(options or {})
                 job.options_checked = True
-            await self._stream_chunk(job, index, token)
+            if not self._play_cached(job, index):
+                await self._stream_chunk(job, index, token)
         finally:
             job.in_progress = False
             self._notify()
+
+    def _cache_key(self, job: Job, index: int) -> Any:
+        return cache_key(self.host.name, job.voice, job.options, job.chunks[index].text)
+
+    def _play_cached(self, job: Job, index: int) -> bool:
+        """Park chunk ``index`` from the phrase cache; False if it is not there."""
+        if self.cache is None:
+            return False
+        pieces = self.cache.get(self._cache_key(job, index))
+        if pieces is None:
+            return False
+        for number, pcm in enumerate(pieces):
+            job.pieces.append(Piece(index, pcm, first=number == 0))
+            job.buffered_samples += len(pcm)
+        job.generated_chunks = index + 1
+        log.debug("job %d chunk %d/%d: from the phrase cache", job.id, index + 1, len(job.chunks))
+        return True
 
     async def _stream_chunk(self, job: Job, index: int, token: Any) -> None:
         chunk = job.chunks[index]
         rate = self.host.sample_rate
         first = True
         made = 0
+        made_pieces: list[np.ndarray] = []
         began = last = time.monotonic()
         try:
             async with contextlib.aclosing(
@@ -508,6 +532,7 @@ class Scheduler:
                     job.buffered_samples += len(pcm)
                     job.synthesized_samples += len(pcm)
                     made += len(pcm)
+                    made_pieces.append(pcm)
                     first = False
                     self._notify()
         except EngineError as exc:
@@ -519,6 +544,8 @@ class Scheduler:
             return
         job.synthesis_seconds += time.monotonic() - began
         job.generated_chunks = index + 1
+        if self.cache is not None:
+            self.cache.put(self._cache_key(job, index), made_pieces)
         self.pacing.observe_length(len(chunk.text), made / rate)
         log.debug(
             "job %d chunk %d/%d: %.2f s of audio in %.2f s",
