@@ -133,7 +133,7 @@ def chunks(
 
     for index, sentence in enumerate(sentences):
         text = sentence.text
-        cap = first_limit if (first_limit and not result) else limit
+        cap = min(first_limit, limit) if (first_limit and not result) else limit
         joined = length + 1 + len(text)
         if current and joined <= cap:
             current.append((index, text, True))

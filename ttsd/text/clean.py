@@ -32,7 +32,7 @@ Positions are Python string indices (code points) of the original text.
 from __future__ import annotations
 
 import re
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 
 _ANSI = (
@@ -78,12 +78,21 @@ class Cleaned:
         return original + (position - cleaned)
 
     def source_end(self, position: int) -> int:
-        """The original index just after the cleaned character before ``position``.
+        """The original index that ends a range ending at cleaned ``position`` (exclusive).
 
-        Used for exclusive range ends: characters removed right after a range (a colour
-        reset after a word) are not counted in it.
+        It is just after the original characters of the cleaned character before
+        ``position``: all of ``\r\n`` for its ``\n``, but none of what was removed right
+        after the range (a colour reset after a word).
         """
-        return self.source_start(position - 1) + 1 if position > 0 else 0
+        index = bisect_left(self._keys, position)
+        if index < len(self._keys) and self._keys[index] == position:
+            # The first anchor here ends an edit or starts a removal: either way, the
+            # original position where the cleaned range ends.
+            return self.anchors[index][1]
+        if index == 0:
+            return position
+        cleaned, original = self.anchors[index - 1]
+        return original + (position - cleaned)
 
 
 # Any character that starts one of the above: one character class is scanned far faster

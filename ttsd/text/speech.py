@@ -346,6 +346,7 @@ _HTML_BLOCK_TAGS = word_set(
     """
 )
 _OPEN_TAG = re.compile(r"<([A-Za-z][A-Za-z0-9-]*)\s*/?>")
+_TAG_NAME = re.compile(r"</?([A-Za-z][A-Za-z0-9-]*)")
 
 
 class _HtmlText(HTMLParser):
@@ -389,6 +390,7 @@ class _MarkdownReader:
         # Set at a list item's start, for the item's first block: its number ("3.") or
         # "" for a bullet; None elsewhere.
         self.item: str | None = None
+        self.marker = -1  # where that number is in the source
 
     # positions
 
@@ -440,21 +442,34 @@ class _MarkdownReader:
         while index < len(tokens):
             token = tokens[index]
             kind = token.type
+            blocks: Iterator[_Block] = iter(())
             if kind == "list_item_open":
                 ordered = token.markup in (".", ")")
                 self.item = f"{token.info}." if ordered and token.info else ""
+                # The number is spoken, so the item's first sentence starts at it.
+                first_line = (token.map or (0, 0))[0]
+                self.marker = (
+                    self._find(token.info, self._line_start(first_line), self._line_end(first_line))
+                    if self.item
+                    else -1
+                )
             elif kind == "inline":
-                yield from self._inline_block(token)
+                blocks = self._inline_block(token)
             elif kind in ("fence", "code_block"):
-                yield from self._code_block(token)
+                blocks = self._code_block(token)
             elif kind == "html_block":
-                yield from self._html_block(token)
+                blocks = self._html_block(token)
             elif kind == "table_open":
                 close = index
                 while tokens[close].type != "table_close":
                     close += 1
-                yield from self._table(token, tokens[index : close + 1])
+                blocks = self._table(token, tokens[index : close + 1])
                 index = close
+            for block in blocks:
+                if block.prefix and self.marker >= 0:
+                    block.start = min(block.start, self.marker)
+                    self.marker = -1
+                yield block
             index += 1
 
     def _take_prefix(self) -> str:
@@ -475,7 +490,9 @@ class _MarkdownReader:
                 prefix = f"{prefix} {done}".strip()
                 at = self._find(head, start, end)
                 children[0] = Token("text", "", 0, content=children[0].content[4:])
-                start = at + 4 if at >= 0 else start
+                body, _ = self._render(children, at + 4 if at >= 0 else start, end)
+                yield _Block(body, start, end, prefix=prefix)  # "[x]" is in the range
+                return
         body, _ = self._render(children, start, end)
         yield _Block(body, start, end, prefix=prefix)
 
@@ -731,12 +748,17 @@ def _skip_link_tail(source: str, cursor: int, limit: int) -> int:
 
 
 def _inline_tag_words(tag: str) -> str:
-    """What an inline HTML tag says: nothing, but a space, unless it is no HTML element.
+    """What an inline HTML tag says: nothing, unless it is no HTML element.
 
-    ``<your-token>`` in "replace <your-token> with" is a placeholder, not markup: the
-    parser cannot tell, so names that are no HTML element are read.
+    A tag that breaks a line (``<br>``, ``<p>``) or a comment separates words: a space.
+    Formatting tags (``<kbd>``, ``<b>``) say nothing, so ``<kbd>Ctrl</kbd>+C`` stays
+    "Ctrl+C". ``<your-token>`` in "replace <your-token> with" is a placeholder, not markup:
+    the parser cannot tell, so a name that is no HTML element is read.
     """
-    match = _OPEN_TAG.fullmatch(tag)
-    if match and match.group(1).lower() not in _KNOWN_HTML:
-        return f" {match.group(1)} "
-    return " "
+    match = _TAG_NAME.match(tag)
+    if not match:
+        return " "  # a comment, a processing instruction, a declaration
+    name = match.group(1).lower()
+    if name not in _KNOWN_HTML:
+        return f" {match.group(1)} " if _OPEN_TAG.fullmatch(tag) else " "
+    return " " if name in _HTML_BLOCK_TAGS else ""
