@@ -34,8 +34,9 @@ so that normal sentences pass through untouched.
 
 :func:`code` reads code (inline code spans, code blocks in ``read`` mode) and is more
 aggressive: every identifier is split into words, dots between names are "dot", and
-operators become words (``==`` -> ``equals``, ``--verbose`` -> ``dash dash verbose``).
-Brackets, quotes and semicolons are dropped; commas and colons stay as pauses.
+operators become words (``==`` -> ``equals``, ``--verbose`` -> ``dash dash verbose``,
+a spaced ``<`` -> ``less than``). Brackets (also the angle brackets of ``Promise<User>``),
+quotes and semicolons are dropped; commas and colons stay as pauses.
 """
 
 from __future__ import annotations
@@ -390,6 +391,14 @@ def _code_token(match: re.Match[str]) -> str | None:
     if kind == "number":
         return None
     if kind == "operator":
+        if token in "<>":
+            # Spaced, a comparison (a < b); touching a name, brackets (Promise<User>).
+            text, start, end = match.string, match.start(), match.end()
+            spaced = (start == 0 or text[start - 1].isspace()) and (
+                end == len(text) or text[end].isspace()
+            )
+            if not spaced:
+                return " "
         return f" {_OPERATORS[token]} "
     return " "  # brackets, quotes, semicolons
 

@@ -346,6 +346,7 @@ _HTML_BLOCK_TAGS = word_set(
     """
 )
 _OPEN_TAG = re.compile(r"<([A-Za-z][A-Za-z0-9-]*)\s*/?>")
+_ALERT = re.compile(r"\[!(NOTE|TIP|IMPORTANT|WARNING|CAUTION)\]\s*", re.IGNORECASE)
 _TAG_NAME = re.compile(r"</?([A-Za-z][A-Za-z0-9-]*)")
 
 
@@ -492,6 +493,18 @@ class _MarkdownReader:
                 children[0] = Token("text", "", 0, content=children[0].content[4:])
                 body, _ = self._render(children, at + 4 if at >= 0 else start, end)
                 yield _Block(body, start, end, prefix=prefix)  # "[x]" is in the range
+                return
+        if children and children[0].type == "text":
+            # A GitHub alert: "> [!WARNING]" opens a quote that is a warning.
+            alert = _ALERT.match(children[0].content)
+            if alert:
+                label = f"{alert.group(1).capitalize()}:"
+                prefix = f"{prefix} {label}".strip()
+                rest = children[0].content[alert.end() :]
+                at = self._find(alert.group(), start, end)
+                children[0] = Token("text", "", 0, content=rest)
+                body, _ = self._render(children, at + alert.end() if at >= 0 else start, end)
+                yield _Block(body, start, end, prefix=prefix)
                 return
         body, _ = self._render(children, start, end)
         yield _Block(body, start, end, prefix=prefix)
