@@ -28,7 +28,7 @@ GENERATED = words(
 )
 
 
-SUMMARY = re.compile(r"A (code block|diff|table) of ")
+SUMMARY = re.compile(r"(\d+\. )?A (code block|diff|table) of ")
 
 
 def source_words(text: str) -> set[str]:
@@ -220,6 +220,15 @@ MARKDOWN = [
     ("If `x == 1 && y != 2`", ["If x equals 1 and y not equal 2"]),
     ("Use ``a `tick` here``", ["Use a tick here"]),
     ("A *list*:\n\n- one\n- two\n\nDone.", ["A list:", "one.", "two.", "Done."]),
+    ("> [!WARNING]\n> Back up first.", ["Warning: Back up first."]),
+    ("> [!note] Read this", ["Note: Read this"]),
+    (
+        "Returns `Promise<User>` if `a < b`",
+        ["Returns Promise User if a less than b"],
+    ),
+    ("<div>&amp;aa &lt;b&gt;</div>", ["&aa <b>"]),
+    ("> <div>b\n", ["b"]),
+    ("<div><![a, b", []),  # malformed markup html.parser rejects: no crash
 ]
 
 
@@ -331,6 +340,8 @@ PROSE = [
     ("Progress ████░░ 60%", ["Progress 60%"]),
     ("Items:\n• one\n• two", ["Items:", "one.", "two"]),
     ("Prompt \ue0b0 ready \U000f0001", ["Prompt ready"]),
+    ("fooBar()a and fooBar()/x/y.py", ["foo bar a and foo bar slash x slash y dot py"]),
+    ("a_b1a base64Encode HTTP2Server", ["a b1a base64 encode HTTP2Server"]),
 ]
 
 
@@ -538,6 +549,8 @@ _PIECES = [
     *"ab Z1.,!?*_`#>-|[]()<>/~:\n\t\\&;",
     *["\x1b[1m", "\x1b]0;t\x07", "\x00", "\x0c", "\ud800", "🚀", "👍🏽", "é"],
     *["```", "**", "https://x.org/a", "- ", "1. ", "| a |", "\n---\n", "    "],
+    *["<div>", "</div>", "<!--", "-->", "<b>", "&amp;", "[x](y)", "![", "> ", "[!NOTE]"],
+    *["|---|", "- [ ] ", "~~", "<x-y>", "\r\n", "\u2028", "a_b", "/x/y.py", "fooBar()"],
 ]
 
 

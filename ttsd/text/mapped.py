@@ -86,14 +86,29 @@ class Mapped:
         disjoint ``(start, end)`` pairs) limits the search to those parts of the text.
         """
         if regions is None:
+            if not pattern.search(self.text):
+                return self  # the common case, decided in C
             regions = ((0, len(self.text)),)
-        edits = (
-            (match.start(), match.end(), replacement)
-            for start, end in regions
-            for match in pattern.finditer(self.text, start, end)
-            if match.end() > match.start() and (replacement := replace(match)) is not None
-        )
-        return self.edit(edits)
+
+        def edits() -> Iterable[tuple[int, int, str]]:
+            last_end, last_text = -1, ""
+            for start, end in regions:
+                for match in pattern.finditer(self.text, start, end):
+                    if match.end() == match.start():
+                        continue
+                    replacement = replace(match)
+                    if replacement is None:
+                        continue
+                    if (
+                        match.start() == last_end
+                        and last_text[-1:].isalnum()
+                        and replacement[:1].isalnum()
+                    ):
+                        replacement = " " + replacement  # two replacements never fuse words
+                    yield match.start(), match.end(), replacement
+                    last_end, last_text = match.end(), replacement
+
+        return self.edit(edits())
 
     def edit(self, edits: Iterable[tuple[int, int, str]]) -> Mapped:
         """Replace ``[start:end)`` by each ``text`` of ordered, disjoint ``edits``."""

@@ -157,7 +157,7 @@ def file_words(name: str) -> str:
     return " dot ".join(words).strip()
 
 
-_CASE_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+[0-9]*|[0-9]+[a-z]*")
+_CASE_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z0-9]+")
 
 
 def identifier_words(name: str, *, split_case: bool = True) -> str:
@@ -188,7 +188,26 @@ def identifier_words(name: str, *, split_case: bool = True) -> str:
     return prefix + " ".join(words)
 
 
+def _apart(match: re.Match[str], words: str | None) -> str | None:
+    """``words`` with a space on a side where a word character touches the match.
+
+    ``fooBar()a`` must not become ``foo bara``.
+    """
+    if words is None:
+        return None
+    text, start, end = match.string, match.start(), match.end()
+    if start > 0 and text[start - 1].isalnum() and not words[:1].isspace():
+        words = " " + words
+    if end < len(text) and text[end].isalnum() and not words[-1:].isspace():
+        words += " "
+    return words
+
+
 def _prose_token(match: re.Match[str]) -> str | None:
+    return _apart(match, _prose_words(match))
+
+
+def _prose_words(match: re.Match[str]) -> str | None:
     kind = match.lastgroup
     token = match.group()
     if kind == "url":
@@ -292,7 +311,7 @@ def _emoji_run(run: str, mode: EmojiMode) -> str | None:
 # times faster than running the many-branched rules at every position of long prose.
 _INTERESTING = re.compile(
     r"[/_(→⟶⇒•◦‣⁃▪▫\ufffd\u2500-\u259f\ue000-\uf8ff\U000f0000-\U0010ffff]"
-    r"|[a-z][A-Z]|[A-Z][a-z0-9]+[A-Z]|\.[^\W\d]|[-=*#~+|:]{3}|(?<!\S)[-=]>(?!\S)"
+    r"|[a-z0-9][A-Z]|[A-Z][a-z0-9]+[A-Z]|\.[^\W\d]|[-=*#~+|:]{3}|(?<!\S)[-=]>(?!\S)"
 )
 _SPACE = re.compile(r"\s")
 
@@ -375,6 +394,10 @@ _CODE = re.compile(
 
 
 def _code_token(match: re.Match[str]) -> str | None:
+    return _apart(match, _code_words(match))
+
+
+def _code_words(match: re.Match[str]) -> str | None:
     kind = match.lastgroup
     token = match.group()
     if kind == "url":
