@@ -13,7 +13,7 @@ import statistics
 import time
 from collections.abc import Callable
 
-from ttsd.text import chunks, speakable
+from ttsd.text import chunks, speakable, warm_up
 
 SIZE = 20_000
 
@@ -71,7 +71,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
     args = parser.parse_args()
-    speakable("warm up the parser and the emoji tables 🚀")
+    warm_up()
     print(f"{'input (20,000 characters)':40} {'speakable ms':>18} {'chunks ms':>10} sentences")
     for name, (unit, format) in INPUTS.items():
         text = (unit * (SIZE // len(unit) + 1))[:SIZE]

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ttsd.text import Speech, clean, detect_format, speakable
+from ttsd.text import Speech, clean, detect_format, speakable, warm_up
 
 
 # Words that rules say without taking them from the source ("dot", "slash", a code block's
@@ -79,6 +79,7 @@ PLAIN = [
     ),
     ("  Too   many\tspaces\n here.  ", ["Too many spaces here."]),
     ("Wait... what? Really!", ["Wait... what?", "Really!"]),
+    ("Really? yes! no. ok. é. Über.", ["Really?", "yes!", "no. ok. é.", "Über."]),
     ('She said "Go home." Then she left.', ['She said "Go home."', "Then she left."]),
     ("Über Straßen, sagte sie. Ça va? Ja.", ["Über Straßen, sagte sie.", "Ça va?", "Ja."]),
     ("你好。世界", ["你好。世界"]),
@@ -513,6 +514,10 @@ def test_agent_reply_with_emoji_names_and_code_read() -> None:
 
 
 # -- options and robustness ---------------------------------------------------------------------
+
+
+def test_warm_up() -> None:
+    warm_up()  # builds the emoji tables; nothing to see but that it runs
 
 
 def test_unknown_options_raise() -> None:

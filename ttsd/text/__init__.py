@@ -19,6 +19,7 @@ from ttsd.text.speech import (
     detect_format,
     looks_like_markdown,
     speakable,
+    warm_up,
 )
 
 __all__ = [
@@ -38,4 +39,5 @@ __all__ = [
     "detect_format",
     "looks_like_markdown",
     "speakable",
+    "warm_up",
 ]

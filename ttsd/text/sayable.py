@@ -115,6 +115,7 @@ _EMOJI_NAMES = {
     "\u2717": "cross mark",
     "\u2718": "cross mark",
 }
+_UNQUALIFIED = emoji_data.STATUS["unqualified"]
 # Check marks and crosses that are not emoji to Unicode but are used as such.
 _PICTOGRAPHS = frozenset("\u2713\u2717\u2718")
 
@@ -267,7 +268,7 @@ def _emoji_in(run: str) -> list[tuple[int, int, str]]:
     for item in emoji_data.emoji_list(run):
         start, end, chars = item["match_start"], item["match_end"], item["emoji"]
         data = emoji_data.EMOJI_DATA.get(chars, {})
-        if data.get("status") == 4 and ord(chars[0]) < 0x2190:
+        if data.get("status") == _UNQUALIFIED and ord(chars[0]) < 0x2190:
             continue  # ©, ®, ™, ‼ with no emoji selector are text symbols
         for index in range(covered, start):  # a ✓ or ✗ the library does not know
             if run[index] in _PICTOGRAPHS:
