@@ -351,6 +351,17 @@ def test_prose_rules(text: str, expected: list[str]) -> None:
     assert said(text, "text") == expected
 
 
+def test_text_format_never_reads_markdown() -> None:
+    text = "# Not a heading\n\n- **not** a list, `not code`"
+    speech = speakable(text, "text")
+    assert speech.format == "text"
+    assert [s.text for s in speech.sentences] == [
+        "# Not a heading.",
+        "- **not** a list, `not code`",
+    ]
+    assert speakable("", "markdown").format == "markdown"
+
+
 def test_prose_rules_apply_in_markdown_but_not_inside_link_targets() -> None:
     text = "Edit **src/main.rs** (see [the guide](https://example.com/docs/a_b.md))."
     assert said(text, "markdown") == ["Edit src slash main dot rs (see the guide)."]

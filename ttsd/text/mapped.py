@@ -111,7 +111,7 @@ class Mapped:
         return self.edit(edits())
 
     def edit(self, edits: Iterable[tuple[int, int, str]]) -> Mapped:
-        """Replace ``[start:end)`` by each ``text`` of ordered, disjoint ``edits``."""
+        """Replace ``[start:end)`` by ``text`` for ordered, disjoint, non-empty ``edits``."""
         texts: list[str] = []
         starts: list[int] = []
         ends: list[int] = []
@@ -121,13 +121,8 @@ class Mapped:
             starts.extend(self.starts[last:start])
             ends.extend(self.ends[last:start])
             texts.append(replacement)
-            if start < end:
-                starts.extend([self.starts[start]] * len(replacement))
-                ends.extend([self.ends[end - 1]] * len(replacement))
-            else:  # an insertion: an empty range where it goes
-                at = self.starts[start] if start < len(self.starts) else self._end()
-                starts.extend([at] * len(replacement))
-                ends.extend([at] * len(replacement))
+            starts.extend([self.starts[start]] * len(replacement))
+            ends.extend([self.ends[end - 1]] * len(replacement))
             last = end
         if last == 0 and not texts:
             return self
@@ -135,9 +130,6 @@ class Mapped:
         starts.extend(self.starts[last:])
         ends.extend(self.ends[last:])
         return Mapped("".join(texts), starts, ends)
-
-    def _end(self) -> int:
-        return self.ends[-1] if self.ends else 0
 
     def collapse(self) -> Mapped:
         """Collapse whitespace runs to one space and strip both ends."""

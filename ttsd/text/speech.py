@@ -131,7 +131,10 @@ def speakable(
         blocks = _MarkdownReader(source, code, emoji, table_rows).blocks(tokens)
     else:
         blocks = _plain_blocks(source, emoji)
-    return Speech(_finish(_sentences(blocks), cleaned), "markdown" if tokens else "text")
+    read_as: Literal["text", "markdown"] = "markdown" if tokens is not None else "text"
+    if format == "markdown":
+        read_as = "markdown"  # also for blank text, which needs no parse
+    return Speech(_finish(_sentences(blocks), cleaned), read_as)
 
 
 def warm_up() -> None:
@@ -168,11 +171,10 @@ def _same(text: str) -> str:
 
 _PARSER = _make_parser()
 
-_BLOCK_SIGNALS = frozenset(
-    {"heading_open", "fence", "table_open", "blockquote_open", "bullet_list_open"}
-    | {"ordered_list_open"}
+_BLOCK_SIGNALS = word_set(
+    "heading_open fence table_open blockquote_open bullet_list_open ordered_list_open"
 )
-_INLINE_SIGNALS = frozenset({"code_inline", "image", "s_open"})
+_INLINE_SIGNALS = word_set("code_inline image s_open")
 
 
 def looks_like_markdown(tokens: Sequence[Token]) -> bool:
