@@ -317,6 +317,7 @@ PROSE = [
     ("Open http://localhost:8080/api now", ["Open localhost port 8080 now"]),
     ("Docs at www.example.org/foo, and (https://a.io/x).", ["Docs at example.org, and (a.io)."]),
     ("Clone git+ssh://git@host.example.com/r.git", ["Clone host.example.com"]),
+    ("Mail <https://lists.example.org/x> today", ["Mail lists.example.org today"]),
     (
         "Installed to /usr/local/bin/ttsd.",
         ["Installed to slash usr slash local slash bin slash ttsd."],

@@ -7,9 +7,9 @@ that every spoken word keeps the source range it stands for:
 Its rules are deliberately conservative: each one needs an unmistakably technical token,
 so that normal sentences pass through untouched.
 
-* A URL (``scheme://...`` or ``www....``) is read as its host, without ``www.``, plus its
-  port when it has one: ``https://github.com/a/b`` -> ``github.com``,
-  ``http://localhost:8080/x`` -> ``localhost port 8080``.
+* A URL (``scheme://...`` or ``www....``, and its angle brackets if it has them) is read
+  as its host, without ``www.``, plus its port when it has one: ``https://github.com/a/b``
+  -> ``github.com``, ``http://localhost:8080/x`` -> ``localhost port 8080``.
 * A file path is read component by component: ``/usr/local/bin/ttsd`` -> ``slash usr
   slash local slash bin slash ttsd``, ``~/.config/ttsd/config.toml`` -> ``home slash dot
   config slash ttsd slash config dot toml``. A path is one that starts with ``/``, ``~/``,
@@ -80,7 +80,8 @@ _PATH_END = r"[\w@+-]"  # a path never ends with a period: that ends the sentenc
 
 _PROSE = re.compile(
     # scheme://... or www....; a trailing period, comma, bracket... is not part of it.
-    r"(?P<url>\b(?:[a-zA-Z][a-zA-Z0-9+.-]*://|www\.)[^\s<>\"'`]*[^\s<>\"'`.,;:!?)\]}])"
+    r"(?P<url><(?:[a-zA-Z][a-zA-Z0-9+.-]*://|www\.)[^\s<>]+>"  # <https://...>, brackets too
+    r"|\b(?:[a-zA-Z][a-zA-Z0-9+.-]*://|www\.)[^\s<>\"'`]*[^\s<>\"'`.,;:!?)\]}])"
     # /abs/path, ~/path, ./rel, ../rel: the slash must not follow a word (and/or).
     rf"|(?P<path>(?<![\w.~/:<-])(?:~|\.\.?)?/(?:{_PATH_CHAR}*{_PATH_END}/?)+)"
     rf"|(?P<relpath>(?<![\w.~/:@-]){_PATH_CHAR}*{_PATH_END}(?:/{_PATH_CHAR}*{_PATH_END})+)"
@@ -212,7 +213,7 @@ def _prose_words(match: re.Match[str]) -> str | None:
     kind = match.lastgroup
     token = match.group()
     if kind == "url":
-        return host_words(token)
+        return host_words(token.strip("<>"))
     if kind == "path":
         if token in ("/", "~/", "./", "../"):
             return None
