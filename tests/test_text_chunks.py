@@ -137,6 +137,15 @@ def test_markdown_chunks_keep_source_ranges() -> None:
     check_parts(speech, result)
 
 
+def test_resume_from_a_sentence() -> None:
+    speech = speakable("The first one here. The second one here. The third one here. The last.")
+    result = chunks(speech, limit=40, first_limit=20, start=2)
+    assert [c.text for c in result] == ["The third one here.", "The last."]
+    assert [p.sentence for c in result for p in c.parts] == [2, 3]
+    assert [c.text for c in chunks(speech, 40, start=2)] == ["The third one here. The last."]
+    assert chunks(speech, 30, start=4) == []
+
+
 def test_sentences_without_a_speech() -> None:
     sentences = [Sentence("One.", 0, 4), Sentence("Two.", 5, 9)]
     assert [c.text for c in chunks(sentences, 300)] == ["One. Two."]

@@ -102,12 +102,19 @@ def _is_short(text: str) -> bool:
 
 
 def chunks(
-    speech: Speech | Sequence[Sentence], limit: int = 300, first_limit: int | None = None
+    speech: Speech | Sequence[Sentence],
+    limit: int = 300,
+    first_limit: int | None = None,
+    *,
+    start: int = 0,
 ) -> list[Chunk]:
     """Group sentences into chunks of at most ``limit`` characters (see the module docstring).
 
     ``first_limit`` (if given) caps the first chunk, except that a short first sentence
-    may join the next one up to ``limit``.
+    may join the next one up to ``limit``. ``start`` skips the sentences before that
+    index, to resume a job from the start of a sentence: the first chunk then starts
+    with that sentence (and has ``first_limit``), and parts keep their indexes in
+    ``speech``.
     """
     sentences = speech.sentences if isinstance(speech, Speech) else tuple(speech)
     result: list[Chunk] = []
@@ -131,8 +138,8 @@ def chunks(
         current.clear()
         length = 0
 
-    for index, sentence in enumerate(sentences):
-        text = sentence.text
+    for index in range(max(0, start), len(sentences)):
+        text = sentences[index].text
         cap = min(first_limit, limit) if (first_limit and not result) else limit
         joined = length + 1 + len(text)
         if current and joined <= cap:
