@@ -102,6 +102,14 @@ class Config:
     """Seconds with no clients and no jobs before the daemon exits (0: never)."""
     engine_unload: float = 0.0
     """Seconds with no jobs before the model is unloaded (0: never)."""
+    text_format: str = "auto"
+    """How ``speak`` reads text that does not say: ``auto`` (markdown when it looks
+    like markdown), ``text`` or ``markdown`` (see docs/text.md)."""
+    code_blocks: str = "summarize"
+    """What code blocks in markdown become: ``summarize`` ("a code block of 12 lines in
+    Python"), ``skip`` or ``read``."""
+    emoji: str = "drop"
+    """``drop`` emoji, or ``name`` them ("rocket")."""
     phrase_cache_mb: float = 32.0
     """MiB of synthesized audio kept so that repeated phrases start at once (0: off)."""
     max_synthesize_per_client: int = 2
@@ -129,6 +137,11 @@ _FIELDS = {f.name: f for f in dataclasses.fields(Config) if f.name != "engines"}
 #: Settings that the environment cannot set (see the module docstring).
 _NOT_FROM_ENV = frozenset({"token"})
 _LOG_LEVELS = ("debug", "info", "warning", "error")
+_CHOICES = {
+    "text_format": ("auto", "text", "markdown"),
+    "code_blocks": ("summarize", "skip", "read"),
+    "emoji": ("drop", "name"),
+}
 _AUTH_MODES = ("none", "token")
 _AT_LEAST_ONE = (
     "max_synthesize_per_client",
@@ -219,6 +232,9 @@ def _check(name: str, value: Any, where: str) -> None:
         and not value >= 0
     ):
         fail("must be zero or more")
+    for setting, choices in _CHOICES.items():
+        if name == setting and value not in choices:
+            fail(f"must be one of {', '.join(choices)}")
     if name == "stall_timeout" and not 0.5 <= value <= 600:
         fail("must be between 0.5 and 600 seconds")
     if name == "auth_timeout" and not 0 < value <= 3600:

@@ -104,6 +104,9 @@ def settings_of(config: Config) -> Settings:
         ),
         stall_timeout=config.stall_timeout,
         cache_bytes=int(config.phrase_cache_mb * 2**20),
+        text_format=config.text_format,
+        code_blocks=config.code_blocks,
+        emoji=config.emoji,
     )
 
 

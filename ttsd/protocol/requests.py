@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Callable
 from typing import Any
 
 from ttsd.errors import Code
@@ -290,17 +289,12 @@ class _Fields:
         return options
 
 
-def parse_request(
-    frame: str,
-    *,
-    max_text_length: int,
-    text_cleaner: Callable[[str], str] | None = None,
-) -> Request:
+def parse_request(frame: str, *, max_text_length: int, allow_control: bool = True) -> Request:
     """Parse one text frame into a :class:`Request` or raise :class:`ProtocolError`.
 
-    ``text_cleaner`` decides what happens to control characters in ``text``: without
-    one they are refused (``bad_request``); the daemon passes the speech-text cleaner,
-    which removes them (ANSI colour codes, form feeds).
+    ``allow_control``: control characters in ``text`` (ANSI colour codes, form feeds)
+    are accepted, for the daemon's text layer removes them from what is spoken; with
+    False they are refused (``bad_request``).
     """
     try:
         message = json.loads(frame, parse_constant=_reject_constant)
@@ -333,11 +327,7 @@ def parse_request(
 
     def text() -> str:
         value = fields.text(max_text_length)
-        if text_cleaner is not None:
-            value = text_cleaner(value)
-            if not value.strip():
-                raise fields.fail("text is empty once control characters are removed")
-        elif _has_control_chars(value):
+        if not allow_control and _has_control_chars(value):
             raise fields.fail("text contains control characters")
         return value
 

@@ -50,7 +50,7 @@ class JobStarted(Event):
 
 @dataclass(frozen=True)
 class SentenceStarted(Event):
-    """Chunk ``index`` of the job started playing; it says ``text[start:end]``."""
+    """Sentence ``index`` of the job started playing; it says ``text[start:end]``."""
 
     job: Job
     index: int
@@ -60,7 +60,8 @@ class SentenceStarted(Event):
 
 @dataclass(frozen=True)
 class JobPostponed(Event):
-    """A higher-priority job interrupted ``job``; it will resume from ``chunk``."""
+    """A higher-priority job interrupted ``job``; it will resume from sentence
+    ``chunk`` (which starts at ``start`` in its text)."""
 
     job: Job
     by: int

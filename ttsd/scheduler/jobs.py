@@ -68,9 +68,13 @@ class Chunk:
 
     index: int
     text: str
-    #: Character range ``[start, end)`` of the job's original text that this chunk says.
+    #: Character range ``[start, end)`` of the job's original text of its sentence.
     start: int
     end: int
+    #: Index of its sentence; a long sentence is cut into several chunks.
+    sentence: int = 0
+    #: The first chunk of its sentence (where the sentence starts playing).
+    opens: bool = True
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from ttsd.audio.output import AudioOutput, PlaybackError
 from ttsd.engines import EngineError
 from ttsd.errors import Code
 from ttsd.scheduler.cache import PhraseCache, cache_key
-from ttsd.scheduler.chunking import chunk_text, split_spans
+from ttsd.scheduler.chunking import chunk_speech
 from ttsd.scheduler.engine_host import EngineHost
 from ttsd.scheduler.events import (
     AudioChanged,
@@ -50,6 +50,7 @@ from ttsd.scheduler.jobs import Job, JobKind, JobState, Piece, Priority
 from ttsd.scheduler.pacing import Pacing
 from ttsd.scheduler.player import AudioState, Listener, Player
 from ttsd.scheduler.queue import Admission, JobQueue, Limits
+from ttsd.text import Speech, speakable
 
 log = logging.getLogger("ttsd.scheduler")
 
@@ -73,6 +74,11 @@ class Settings:
     stop_timeout: float = 1.5
     #: Bytes of synthesized audio kept for phrases said again (0: no cache).
     cache_bytes: int = 32 * 2**20
+    #: How text is read when a request does not say (``auto``, ``text``, ``markdown``),
+    #: and what code blocks and emoji become (see :func:`ttsd.text.speakable`).
+    text_format: str = "auto"
+    code_blocks: str = "summarize"
+    emoji: str = "drop"
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,8 @@ class Order:
     key: str | None = None
     resume_interrupted: bool = False
     cancel_on_disconnect: bool = False
+    #: How to read the text (None: the daemon's ``text_format``).
+    format: str | None = None
 
 
 class Scheduler:
@@ -180,7 +188,14 @@ class Scheduler:
             raise Rejection(Code.SHUTTING_DOWN, "the daemon is shutting down")
         self.queue.check_room(order.client, order.kind)
         options = self.host.check(order.voice, order.options)
-        chunks = chunk_text(order.text, self.settings.chunk_chars, self.settings.first_chunk_chars)
+        speech = self.speech(order.text, order.format)
+        chunks = chunk_speech(speech, self.settings.chunk_chars, self.settings.first_chunk_chars)
+        if not chunks:
+            raise Rejection(
+                Code.BAD_REQUEST,
+                f"nothing to say: read as {speech.format}, the text has no words "
+                "(only markup, code or control characters)",
+            )
         job = Job(
             id=self.queue.new_id(),
             client=order.client,
@@ -221,6 +236,8 @@ class Scheduler:
         if current is not None and not current.state.done:
             heard = self.player.chunk_heard() if self.player.job is current else None
             chunk = max(heard if heard is not None else current.spoken_chunk, 0)
+            while chunk > 0 and not current.chunks[chunk].opens:
+                chunk -= 1  # back to the start of the sentence
             self._stop_playing(current)
             self.queue.postpone(current)
             current.postponed = True
@@ -233,7 +250,11 @@ class Scheduler:
                 chunk + 1,
                 extra={"JOB": current.id, "EVENT": "postponed"},
             )
-            self._emit(JobPostponed(current, job.id, chunk, current.chunks[chunk].start))
+            self._emit(
+                JobPostponed(
+                    current, job.id, current.chunks[chunk].sentence, current.chunks[chunk].start
+                )
+            )
         for other, reason in admission.displaced:
             self._end(other, Outcome.ABORTED, reason=reason, by=job.id)
         if admission.dropped:
@@ -331,9 +352,14 @@ class Scheduler:
     def voices(self) -> list[str]:
         return self.host.voices()
 
-    def sentences(self, text: str) -> list[tuple[int, int]]:
-        """The spans of ``text`` that jobs would speak one at a time."""
-        return split_spans(text, self.settings.chunk_chars, self.settings.first_chunk_chars)
+    def speech(self, text: str, format: str | None = None) -> Speech:
+        """What a job would say for ``text``: its sentences and their ranges."""
+        return speakable(
+            text,
+            format or self.settings.text_format,  # type: ignore[arg-type]
+            code=self.settings.code_blocks,  # type: ignore[arg-type]
+            emoji=self.settings.emoji,  # type: ignore[arg-type]
+        )
 
     # --- Synthesis jobs --------------------------------------------------------------
 
@@ -504,8 +530,9 @@ class Scheduler:
         pieces = self.cache.get(self._cache_key(job, index))
         if pieces is None:
             return False
+        opens = job.chunks[index].opens
         for number, pcm in enumerate(pieces):
-            job.pieces.append(Piece(index, pcm, first=number == 0))
+            job.pieces.append(Piece(index, pcm, first=opens and number == 0))
             job.buffered_samples += len(pcm)
         job.generated_chunks = index + 1
         log.debug("job %d chunk %d/%d: from the phrase cache", job.id, index + 1, len(job.chunks))
@@ -528,7 +555,7 @@ class Scheduler:
                     last = now
                     if token is not job.cancel or job.state.done:
                         return  # aborted or restarted while making it: drop the audio
-                    job.pieces.append(Piece(index, pcm, first))
+                    job.pieces.append(Piece(index, pcm, first and chunk.opens))
                     job.buffered_samples += len(pcm)
                     job.synthesized_samples += len(pcm)
                     made += len(pcm)
@@ -682,13 +709,13 @@ class Scheduler:
             job.postponed = False
             chunk = job.resume_from
             job.spoken_chunk = chunk
-            self._emit(JobContinued(job, chunk, job.chunks[chunk].start))
+            self._emit(JobContinued(job, job.chunks[chunk].sentence, job.chunks[chunk].start))
 
     def _on_sentence(self, job: Job, index: int) -> None:
         if job.state.done:
             return
         chunk = job.chunks[index]
-        self._emit(SentenceStarted(job, index, chunk.start, chunk.end))
+        self._emit(SentenceStarted(job, chunk.sentence, chunk.start, chunk.end))
 
     async def _inspect_stream(self, job: Job) -> None:
         """Find where the server plays the job; put its volume right if a module such as

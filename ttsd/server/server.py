@@ -21,7 +21,7 @@ import logging
 import socket
 import struct
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,16 +86,9 @@ def unsent_bytes(connection: ServerConnection) -> int:
 class Server:
     """Serves the ttsd protocol to WebSocket clients on one listening socket."""
 
-    def __init__(
-        self,
-        config: Config,
-        scheduler: Scheduler,
-        *,
-        text_cleaner: Callable[[str], str] | None = None,
-    ) -> None:
+    def __init__(self, config: Config, scheduler: Scheduler) -> None:
         self.config = config
         self.scheduler = scheduler
-        self.text_cleaner = text_cleaner
         #: Connections that may make requests and receive events.
         self.clients: dict[ServerConnection, Peer] = {}
         #: Every open connection, authenticated or not.
@@ -323,7 +316,7 @@ class Server:
             request = protocol.parse_request(
                 frame,
                 max_text_length=self.config.max_text_length,
-                text_cleaner=self.text_cleaner,
+                allow_control=True,
             )
             rid = request.id
             reply = self.dispatch(connection, peer, request)
@@ -396,13 +389,13 @@ class Server:
                 return protocol.VoicesReply(voices=scheduler.voices(), id=rid)
             case protocol.Ping():
                 return protocol.Pong(id=rid)
-            case protocol.Normalize(text=text):
-                spans = scheduler.sentences(text)
+            case protocol.Normalize(text=text, format=format):
+                speech = scheduler.speech(text, format)
                 return protocol.NormalizeReply(
-                    format="text",
+                    format=speech.format,
                     sentences=[
-                        {"index": i, "text": text[s:e], "start": s, "end": e}
-                        for i, (s, e) in enumerate(spans)
+                        {"index": i, "text": s.text, "start": s.start, "end": s.end}
+                        for i, s in enumerate(speech.sentences)
                     ],
                     id=rid,
                 )
@@ -428,6 +421,7 @@ class Server:
                 kind=JobKind.SYNTHESIZE,
                 voice=request.voice or defaults.get("voice"),
                 options=request.options or {},
+                format=request.format,
             )
         priority = request.priority or defaults.get("priority") or Priority.MESSAGE.value
         volume = request.volume if request.volume is not None else defaults.get("volume")
@@ -441,6 +435,7 @@ class Server:
             key=request.key,
             resume_interrupted=bool(request.resume),
             cancel_on_disconnect=bool(request.cancel_on_disconnect),
+            format=request.format,
         )
 
     def _identify(self, peer: Peer, request: protocol.Identify) -> protocol.Message:
