@@ -199,6 +199,7 @@ async def run(
     await server.start(sock)
     notifier.ready()
     refresh_status()
+    warming = asyncio.create_task(asyncio.to_thread(_warm_up_text), name="ttsd-warm-text")
 
     reason: list[str] = []
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -216,6 +217,7 @@ async def run(
     notifier.stopping()
     notifier.status(f"stopping ({reason[0] if reason else 'terminate'})")
     started = time.monotonic()
+    warming.cancel()
     _, engine_stopped = await scheduler.close("terminate")
     log.debug("jobs, streams and engine stopped after %.3f s", time.monotonic() - started)
     await server.close()
@@ -227,6 +229,13 @@ async def run(
         "" if engine_stopped else " (the engine call in flight did not return in time)",
     )
     return 0
+
+
+def _warm_up_text() -> None:
+    """Import the text library and build its lookup tables before the first request."""
+    import ttsd.text
+
+    ttsd.text.warm_up()
 
 
 def _on_signal(server: Server, signum: int, reason: list[str]) -> None:

@@ -13,13 +13,21 @@ cannot outrun it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ttsd.scheduler.jobs import Chunk
-from ttsd.text import Speech, speakable
-from ttsd.text.chunks import cut_long
+
+if TYPE_CHECKING:
+    from ttsd.text import Speech
+
+# ttsd.text (markdown-it, emoji) takes a fifth of a second to import: it is imported on
+# first use, and the daemon warms it up in a thread once it listens (a faster cold start).
 
 
 def chunk_speech(speech: Speech, limit: int = 300, first_limit: int | None = None) -> list[Chunk]:
     """The chunks of ``speech``: a sentence each, long ones cut to the limits."""
+    from ttsd.text.chunks import cut_long
+
     chunks: list[Chunk] = []
     for number, sentence in enumerate(speech.sentences):
         cap = first_limit if (first_limit and not chunks) else limit
@@ -49,6 +57,8 @@ def chunk_text(
     emoji: str = "drop",
 ) -> list[Chunk]:
     """The chunks of ``text`` read as ``format`` (see :func:`ttsd.text.speakable`)."""
+    from ttsd.text import speakable
+
     speech = speakable(text, format, code=code, emoji=emoji)  # type: ignore[arg-type]
     return chunk_speech(speech, limit, first_limit)
 

@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -50,7 +50,9 @@ from ttsd.scheduler.jobs import Job, JobKind, JobState, Piece, Priority
 from ttsd.scheduler.pacing import Pacing
 from ttsd.scheduler.player import AudioState, Listener, Player
 from ttsd.scheduler.queue import Admission, JobQueue, Limits
-from ttsd.text import Speech, speakable
+
+if TYPE_CHECKING:
+    from ttsd.text import Speech
 
 log = logging.getLogger("ttsd.scheduler")
 
@@ -354,6 +356,8 @@ class Scheduler:
 
     def speech(self, text: str, format: str | None = None) -> Speech:
         """What a job would say for ``text``: its sentences and their ranges."""
+        from ttsd.text import speakable  # imported late: see ttsd.scheduler.chunking
+
         return speakable(
             text,
             format or self.settings.text_format,  # type: ignore[arg-type]
