@@ -1,3 +1,3 @@
 """ttsd: a local text-to-speech daemon."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
