@@ -1,8 +1,40 @@
 // A minimal ttsd client for the examples: the standard WebSocket global, no packages.
 // Node 22+ has WebSocket built in; Node 20/21 need `node --experimental-websocket`.
 
-const host = process.env.TTS_HOST || "127.0.0.1";
-const port = process.env.TTS_PORT || "11500";
+import { readFileSync } from "node:fs";
+import { homedir } from "node:os";
+import { join } from "node:path";
+
+/**
+ * `host` and `port` from the daemon's config file (TTS_CONFIG, else
+ * $XDG_CONFIG_HOME/ttsd/config.toml), so that the examples find a daemon configured
+ * there, as `ttsd` does. Node has no TOML parser and the examples install nothing, so
+ * this reads only those two top-level keys (`port = 11600`, `host = "127.0.0.1"`),
+ * which is all a client needs; anything else in the file is ignored.
+ */
+function configured() {
+  const path = process.env.TTS_CONFIG ||
+    join(process.env.XDG_CONFIG_HOME || join(homedir(), ".config"), "ttsd", "config.toml");
+  let text;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch {
+    return {};
+  }
+  const found = {};
+  for (const raw of text.split("\n")) {
+    const line = raw.replace(/#.*$/, "").trim();
+    if (line.startsWith("[")) break; // engine tables come after the top-level settings
+    const match = /^(host|port)\s*=\s*(?:"([^"]*)"|'([^']*)'|(\d+))$/.exec(line);
+    if (match) found[match[1]] = match[2] ?? match[3] ?? match[4];
+  }
+  return found;
+}
+
+const fromFile = configured();
+let host = process.env.TTS_HOST || fromFile.host || "127.0.0.1";
+if (["0.0.0.0", "::", ""].includes(host)) host = "127.0.0.1"; // bound to every address
+const port = process.env.TTS_PORT || fromFile.port || "11500";
 export const url = `ws://${host.includes(":") ? `[${host}]` : host}:${port}`;
 
 export const TERMINAL = new Set(["finished", "aborted", "error"]);
