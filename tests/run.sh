@@ -27,7 +27,7 @@ if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q --upgrade pip
 fi
-extras=${TTSD_EXTRAS:-piper,chatterbox,systemd,dev}
+extras=${TTSD_EXTRAS:-piper,chatterbox,systemd,dev,bench}
 "$venv/bin/pip" install -q -e ".[$extras]"
 
 exec "$venv/bin/python" -m pytest "$@"

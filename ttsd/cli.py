@@ -159,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--voice", help="default voice of the engine")
     serve.add_argument("--sink", help="PulseAudio sink to play on")
     serve.add_argument("--idle-exit", help="seconds idle before exiting (0: never)")
+    serve.add_argument(
+        "--allowed-origins",
+        metavar="ORIGINS",
+        help="comma-separated browser origins allowed to connect (https://app.example:8443)",
+    )
     serve.add_argument("--log-level", help="debug, info, warning or error")
     return parser
 
@@ -533,7 +538,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     overrides = {
         key: getattr(args, key, None)
-        for key in ("host", "port", "engine", "voice", "sink", "idle_exit", "log_level")
+        for key in (
+            "host",
+            "port",
+            "engine",
+            "voice",
+            "sink",
+            "idle_exit",
+            "log_level",
+            "allowed_origins",
+        )
     }
     return daemon.main(overrides)
 
