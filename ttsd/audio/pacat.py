@@ -71,8 +71,9 @@ class PacatStream:
         self.underruns = 0
         self.written = 0
         self._clock = clock
-        #: The last playback time pacat reported (seconds) and when we read it.
-        self._time: tuple[float, float] | None = None
+        #: Playback time minus our clock, at most (see :meth:`played`); None before the
+        #: first report since the start or the last underrun.
+        self._clock_offset: float | None = None
         self._killed_at: float | None = None
         self._messages: deque[str] = deque(maxlen=8)
         self._reader: asyncio.Task[None] | None = None
@@ -105,12 +106,15 @@ class PacatStream:
                     continue
                 if line.startswith("Time: "):
                     if match := _TIME.match(line):
-                        self._time = (float(match.group(1)), self._clock())
+                        offset = float(match.group(1)) - self._clock()
+                        if self._clock_offset is None or offset > self._clock_offset:
+                            self._clock_offset = offset
                     continue
                 if line == "Stream started.":
                     self.playing.set()
                 elif line == "Stream underrun.":
                     self.underruns += 1
+                    self._clock_offset = None  # the stream's clock stood still meanwhile
                 self._messages.append(line)
 
     async def write(self, pcm: bytes) -> None:
@@ -172,18 +176,18 @@ class PacatStream:
                 await asyncio.wait_for(self._reader, 1.0)
 
     def played(self) -> int:
-        """Samples heard so far, from pacat's last reported playback time.
+        """Samples heard so far (up to the kill), from pacat's reported playback time.
 
-        pacat reports the time every 50 ms, to the millisecond; between reports the
-        clock is extrapolated (it stops at the kill). Accurate to about a millisecond
-        when playback ran without underruns since the last report.
+        pacat reports the stream's time every 50 ms, to the millisecond. A report reaches
+        us late (pipe, event loop), never early, so each one gives a lower bound of
+        "stream time minus our clock", and the largest is the best estimate (as for a
+        recorder's clock): about a millisecond, whatever the load. An underrun stops the
+        stream's clock, so the estimate starts over after one.
         """
-        if self._time is None or not self.playing.is_set():
+        if self._clock_offset is None or not self.playing.is_set():
             return 0
-        reported, at = self._time
         now = self._killed_at if self._killed_at is not None else self._clock()
-        # pacat prints the time rounded to the millisecond: +0.5 ms is the best guess.
-        seconds = reported + 0.0005 + max(0.0, now - at)
+        seconds = now + self._clock_offset
         return max(0, min(self.written, round(seconds * self.rate)))
 
 
