@@ -73,10 +73,10 @@ async def ttsd_once(
             raise BenchError(f"socket-activated ttsd did not answer: {exc}") from exc
         hello = time.monotonic() - sent
         async with client:
-            job = (await client.speak(text, options=EXACT))["job"]
+            job = (await client.speak(text, options=EXACT)).job
             heard = await recorder.first_sound(first, timeout=30)
             end = await client.wait_for_job(job, 60)
-            if end["type"] != "finished":
+            if end.TYPE != "finished":
                 raise BenchError(f"cold-start job ended with {end}")
             with contextlib.suppress(Exception):
                 await client.request("terminate")

@@ -89,13 +89,13 @@ class Ttsd(System):
         sent = time.monotonic()
         reply = await self.client.speak(text, options=EXACT)
         self.queued_latency.append(time.monotonic() - sent)
-        self.jobs.append(reply["job"])
+        self.jobs.append(reply.job)
 
     async def wait_done(self, timeout: float = 120.0) -> None:
         assert self.client is not None
         for job in self.jobs:
             end = await self.client.wait_for_job(job, timeout)
-            if end["type"] == "error":
+            if end.TYPE == "error":
                 raise BenchError(f"ttsd job {job} failed: {end}")
         self.jobs.clear()
 
