@@ -120,6 +120,7 @@ class FakeStream:
         self.data: list[np.ndarray] = []
         self.killed = False
         self.finished = False
+        self.progressed_at = time.monotonic()
         self._started_at: float | None = None
         self._killed_played: int | None = None
 
@@ -143,6 +144,7 @@ class FakeStream:
             raise PlaybackError("fake pacat died")
         self.data.append(samples.copy())
         self.written += len(samples)
+        self.progressed_at = time.monotonic()
         if self._started_at is None:
             self._started_at = time.monotonic()
             self.playing.set()
@@ -162,6 +164,7 @@ class FakeStream:
         while self.played() < self.written:
             if self.killed:
                 raise PlaybackError("killed")
+            self.progressed_at = time.monotonic()
             await asyncio.sleep(0.001)
         self.finished = True
 

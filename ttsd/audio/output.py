@@ -56,6 +56,9 @@ class AudioStream(Protocol):
     underruns: int
     #: Samples handed to the stream so far.
     written: int
+    #: When the stream last made progress (``time.monotonic()``): it played more, or
+    #: took more audio. A stream whose progress stops is stalled.
+    progressed_at: float
 
     @property
     def pid(self) -> int | None:

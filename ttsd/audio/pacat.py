@@ -71,6 +71,8 @@ class PacatStream:
         self.underruns = 0
         self.written = 0
         self._clock = clock
+        self.progressed_at = clock()
+        self._last_time = -1.0
         #: Playback time minus our clock, at most (see :meth:`played`); None before the
         #: first report since the start or the last underrun.
         self._clock_offset: float | None = None
@@ -93,6 +95,7 @@ class PacatStream:
             )
         except OSError as exc:
             raise PlaybackError(f"cannot run pacat: {exc}", Code.AUDIO_UNAVAILABLE) from exc
+        self.progressed_at = self._clock()
         self._reader = asyncio.create_task(self._read_messages())
 
     async def _read_messages(self) -> None:
@@ -106,12 +109,17 @@ class PacatStream:
                     continue
                 if line.startswith("Time: "):
                     if match := _TIME.match(line):
-                        offset = float(match.group(1)) - self._clock()
+                        reported = float(match.group(1))
+                        if reported > self._last_time:
+                            self._last_time = reported
+                            self.progressed_at = self._clock()
+                        offset = reported - self._clock()
                         if self._clock_offset is None or offset > self._clock_offset:
                             self._clock_offset = offset
                     continue
                 if line == "Stream started.":
                     self.playing.set()
+                    self.progressed_at = self._clock()
                 elif line == "Stream underrun.":
                     self.underruns += 1
                     self._clock_offset = None  # the stream's clock stood still meanwhile
@@ -124,6 +132,7 @@ class PacatStream:
             self.process.stdin.write(pcm)
             self.written += len(pcm) // 2
             await self.process.stdin.drain()
+            self.progressed_at = self._clock()
         except (BrokenPipeError, ConnectionResetError, RuntimeError):
             # RuntimeError: the transport was closed under us by kill().
             raise await self._failure() from None

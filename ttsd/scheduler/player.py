@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -207,8 +208,8 @@ class Player:
                         break
                     timing.add(stream.written, piece)
                     if len(piece.pcm):
-                        await self._bounded(stream.write(piece.pcm.tobytes()), "write")
-                await self._bounded(stream.finish(), "finish", stream)
+                        await self._watched(stream, stream.write(piece.pcm.tobytes()), "write")
+                await self._watched(stream, stream.finish(), "finish")
                 drained = True
                 if failure is not None:
                     raise failure
@@ -257,22 +258,32 @@ class Player:
             raise _Pause()
         return piece
 
-    async def _bounded(
-        self, operation: Awaitable[None], what: str, stream: AudioStream | None = None
-    ) -> None:
-        """Await a stream operation; fail with ``playback_stalled`` if it hangs."""
-        timeout = self.stall_timeout
-        if stream is not None and what == "finish":
-            # Draining takes as long as the audio still buffered.
-            timeout += max(0.0, (stream.written - stream.played()) / stream.rate)
+    async def _watched(self, stream: AudioStream, operation: Awaitable[None], what: str) -> None:
+        """Await a stream operation; fail with ``playback_stalled`` once the stream has
+        made no progress (played nothing, taken nothing) for ``stall_timeout`` seconds.
+
+        Progress, not duration, is watched: draining a long buffer on a loaded machine
+        (underruns stop the stream's clock) is slow but moves; a frozen server does not.
+        """
+        task = asyncio.ensure_future(operation)
         try:
-            await asyncio.wait_for(operation, timeout)
-        except asyncio.TimeoutError:
-            raise PlaybackError(
-                f"the audio stream made no progress for {timeout:.1f} s ({what}): the sound "
-                "server is frozen or overloaded",
-                Code.PLAYBACK_STALLED,
-            ) from None
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=min(0.25, self.stall_timeout))
+                if done:
+                    task.result()
+                    return
+                idle = time.monotonic() - stream.progressed_at
+                if idle >= self.stall_timeout:
+                    raise PlaybackError(
+                        f"the audio stream made no progress for {idle:.1f} s ({what}): the "
+                        "sound server is frozen or overloaded",
+                        Code.PLAYBACK_STALLED,
+                    )
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, PlaybackError):
+                    await task
 
     def _account(
         self, job: Job, written: list[_Written], heard: int, base: int, paused: bool
