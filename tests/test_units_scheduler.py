@@ -21,6 +21,7 @@ from tests.support.fakes import RATE, FakeEngine, FakeOutput, pcm_of
 from ttsd.engines import CancelToken, EngineError
 from ttsd.errors import Code
 from ttsd.scheduler import EngineHost, Order, Priority, Rejection, Scheduler, Settings
+from ttsd.scheduler.chunking import split_text
 from ttsd.scheduler.events import (
     EngineChanged,
     Event,
@@ -515,3 +516,27 @@ def test_the_cache_forgets_the_least_recently_used_to_stay_within_its_bytes() ->
     assert cache.get(cache_key("e", None, {}, "too big")) is None
     cached = cache.get(keys[2])
     assert cached is not None and not cached[0].flags.writeable
+
+
+async def test_an_urgent_job_preempts_the_making_of_a_later_job() -> None:
+    engine = FakeEngine(pieces=200)
+    engine.gate = threading.Event()
+    engine.gate.set()
+    w = await make_world(engine=engine, output=FakeOutput(speed=2.0))
+    playing = w.say("First, a sentence that plays for a while.")
+    later = w.say("z" * 280)  # one long chunk, made ahead while the first one plays
+    await until(lambda: sum(text.startswith("z") for text, _ in engine.made) >= 3)
+    engine.gate.clear()  # hold the engine inside the long chunk
+    urgent = w.say("Urgent.", priority=Priority.IMPORTANT, resume_interrupted=True)
+    engine.gate.set()
+    await until(lambda: all(w.ends(j) for j in (playing, urgent, later)), timeout=20)
+    order = [text for text, _ in engine.made]
+    first_urgent = order.index("Urgent.")
+    # The long chunk was stopped for the urgent one and made again afterwards, whole.
+    assert any(t.startswith("z") for t in order[first_urgent:])
+    assert sum(1 for t in order[:first_urgent] if t.startswith("z")) < 200
+    assert w.end_of(later).outcome is Outcome.FINISHED
+    heard_later = w.output.opened[-1].heard()
+    chunks = split_text("z" * 280, 300, 120)  # a long word: cut at the first chunk's limit
+    assert np.array_equal(heard_later, np.concatenate([pcm_of(c) for c in chunks]))
+    await w.scheduler.close()

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ttsd.audio.output import AudioOutput, PlaybackError
-from ttsd.engines import EngineError
+from ttsd.engines import CancelToken, EngineError
 from ttsd.errors import Code
 from ttsd.scheduler.cache import PhraseCache, cache_key
 from ttsd.scheduler.chunking import chunk_speech
@@ -132,6 +132,8 @@ class Scheduler:
         self._playing: asyncio.Task[None] | None = None
         self._synthesis_turn = 0
         self._inspection: asyncio.Task[None] | None = None
+        #: The job whose chunk the engine makes now, and that call's own token.
+        self._making: tuple[Job, CancelToken] | None = None
         self._closed = False
 
     # --- Lifecycle -----------------------------------------------------------------
@@ -228,6 +230,8 @@ class Scheduler:
         if job.kind is JobKind.SPEAK:
             self._emit(JobQueued(job, self.queue.position(job) if not admission.dropped else 1))
             self._carry_out(admission)
+            if not job.state.done:
+                self._preempt(job)
         self._notify()
         return job
 
@@ -542,16 +546,21 @@ class Scheduler:
         log.debug("job %d chunk %d/%d: from the phrase cache", job.id, index + 1, len(job.chunks))
         return True
 
-    async def _stream_chunk(self, job: Job, index: int, token: Any) -> None:
+    async def _stream_chunk(self, job: Job, index: int, token: CancelToken) -> None:
         chunk = job.chunks[index]
         rate = self.host.sample_rate
         first = True
         made = 0
         made_pieces: list[np.ndarray] = []
         began = last = time.monotonic()
+        # The engine call stops when the job ends (its token) or when a more urgent job
+        # needs the engine (:meth:`_preempt`): then this chunk is made again later.
+        call = CancelToken()
+        unlink = token.on_cancel(call.cancel)
+        self._making = (job, call)
         try:
             async with contextlib.aclosing(
-                self.host.stream(chunk.text, job.voice, job.options, token)
+                self.host.stream(chunk.text, job.voice, job.options, call)
             ) as pieces:
                 async for pcm in pieces:
                     now = time.monotonic()
@@ -567,11 +576,17 @@ class Scheduler:
                     first = False
                     self._notify()
         except EngineError as exc:
-            if token is job.cancel and not job.state.done:
+            if token is job.cancel and not job.state.done and not call.cancelled:
                 log.warning("job %d chunk %d: %s", job.id, index + 1, exc)
                 job.failure = exc
             return
+        finally:
+            unlink()
+            self._making = None
         if token is not job.cancel or job.state.done:
+            return
+        if call.cancelled:  # preempted: forget its pieces, make the chunk again later
+            self._take_back(job, index, len(made_pieces))
             return
         job.synthesis_seconds += time.monotonic() - began
         job.generated_chunks = index + 1
@@ -586,6 +601,30 @@ class Scheduler:
             made / rate,
             time.monotonic() - began,
         )
+
+    def _preempt(self, urgent: Job) -> None:
+        """Stop making audio for a job that will play after ``urgent``, if ``urgent``
+        needs the engine now: an important message must not wait for the rest of a
+        later job's sentence (seconds, with Chatterbox)."""
+        making = self._making
+        if making is None or urgent.kind is not JobKind.SPEAK:
+            return
+        job, call = making
+        order = list(self.queue.speaking_jobs())
+        if job is urgent or job not in order or job is self.queue.playing:
+            return
+        if order.index(urgent) < order.index(job):
+            log.debug("job %d preempts the making of job %d", urgent.id, job.id)
+            call.cancel()
+
+    def _take_back(self, job: Job, index: int, count: int) -> None:
+        """Undo the making of chunk ``index`` of ``job`` (its last ``count`` pieces)."""
+        if sum(1 for piece in job.pieces if piece.chunk == index) == count:
+            for _ in range(count):
+                piece = job.pieces.pop()
+                job.buffered_samples -= len(piece.pcm)
+            job.next_chunk = index
+        # else: some of it was taken for playback meanwhile; what was made stays.
 
     def _fail_all_unmade(self, message: str) -> None:
         """The engine cannot load: every job still waiting for audio fails."""
