@@ -136,6 +136,18 @@ class Engine(ABC):
             raise OptionError(f"{self.name} takes no options, got {sorted(options)}")
         return {}
 
+    def speed_options(self, speed: float, voice: str | None) -> dict[str, Any]:
+        """The per-job options that make ``voice`` speak ``speed`` times as fast.
+
+        ``speed`` is OpenAI's (1.0 normal, 2.0 twice as fast). The result goes through
+        :meth:`validate_options` like any client's options. An engine without a
+        faithful speed control raises :class:`OptionError` for any speed but 1.0,
+        rather than pretending. Cheap: called from the event loop.
+        """
+        if speed == 1.0:
+            return {}
+        raise OptionError(f"the {self.name} engine has no speed control: speed must be 1.0")
+
     def check_voice(self, voice: str | None) -> None:  # noqa: B027 - optional hook
         """Raise :class:`OptionError` if ``voice`` is clearly unusable (cheap check)."""
 

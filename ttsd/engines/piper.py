@@ -129,6 +129,25 @@ class PiperEngine(Engine):
             checked["speaker_id"] = speaker
         return checked
 
+    def speed_options(self, speed: float, voice: str | None) -> dict[str, Any]:
+        """Piper's ``length_scale`` (the duration of each phoneme): the voice's own
+        scale divided by ``speed``."""
+        if speed == 1.0:
+            return {}
+        return {"length_scale": self._length_scale(voice) / speed}
+
+    def _length_scale(self, voice: str | None) -> float:
+        """The voice's default ``length_scale`` (its config's ``inference`` table)."""
+        name = voice or self.default_voice
+        loaded = self._voices.get(name)
+        if loaded is not None:
+            return float(loaded.config.length_scale)
+        try:
+            config = json.loads(_config_of(self._model_path(name)).read_text("utf-8"))
+            return float(config.get("inference", {}).get("length_scale", 1.0))
+        except (OSError, ValueError, EngineError):
+            return 1.0  # the voice fails later, with its own error
+
     def check_voice(self, voice: str | None) -> None:
         if voice is not None and voice not in self.voices() and "/" not in voice:
             raise OptionError(f"unknown Piper voice {voice!r} (known: {', '.join(self.voices())})")

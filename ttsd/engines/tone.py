@@ -54,13 +54,24 @@ class ToneEngine(Engine):
         self.loaded = False
 
     def validate_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        reject_unknown(options, {"frequency"}, self.name)
+        reject_unknown(options, {"frequency", "ms_per_char"}, self.name)
+        checked: dict[str, Any] = {}
         frequency = check_number(options, "frequency", 50, 5000)
-        return {} if frequency is None else {"frequency": float(frequency)}
+        if frequency is not None:
+            checked["frequency"] = float(frequency)
+        ms_per_char = check_number(options, "ms_per_char", 0.1, 1000)
+        if ms_per_char is not None:
+            checked["ms_per_char"] = float(ms_per_char)
+        return checked
 
-    def samples_for(self, text: str) -> int:
+    def speed_options(self, speed: float, voice: str | None) -> dict[str, Any]:
+        """The tone's length per character, divided by ``speed``."""
+        return {} if speed == 1.0 else {"ms_per_char": self.ms_per_char / speed}
+
+    def samples_for(self, text: str, ms_per_char: float | None = None) -> int:
         """Number of samples :meth:`synthesize` returns for ``text``."""
-        return round(len(text) * self.ms_per_char * self._rate / 1000)
+        per_char = self.ms_per_char if ms_per_char is None else ms_per_char
+        return round(len(text) * per_char * self._rate / 1000)
 
     def stream(
         self,
@@ -86,7 +97,7 @@ class ToneEngine(Engine):
         if self.fail_marker and self.fail_marker in text:
             raise EngineError(f"tone engine told to fail on {self.fail_marker!r}")
         frequency = options.get("frequency", self.frequency)
-        t = np.arange(self.samples_for(text)) / self._rate
+        t = np.arange(self.samples_for(text, options.get("ms_per_char"))) / self._rate
         return np.round(np.sin(2 * np.pi * frequency * t) * 16000).astype(np.int16)
 
     def describe(self) -> dict[str, Any]:

@@ -197,6 +197,16 @@ class EngineHost:
             raise Rejection(Code.BAD_OPTION, str(exc)) from None
         return checked
 
+    def speed_options(self, speed: float, voice: str | None) -> dict[str, Any]:
+        """The options that make the engine speak ``speed`` times as fast (see
+        :meth:`Engine.speed_options`); Rejection ``bad_option`` if it cannot."""
+        if self.engine is None:
+            raise Rejection(Code.ENGINE_UNAVAILABLE, "the engine is not loaded yet")
+        try:
+            return self.engine.speed_options(speed, voice)
+        except OptionError as exc:
+            raise Rejection(Code.BAD_OPTION, str(exc)) from None
+
     async def stream(
         self,
         text: str,
