@@ -207,7 +207,7 @@ def _has_surrogate(text: str) -> bool:
     return not text.isascii() and any(0xD800 <= ord(c) <= 0xDFFF for c in text)
 
 
-def _find_surrogate(value: Any, depth: int = 0) -> bool:
+def find_surrogate(value: Any, depth: int = 0) -> bool:
     """True if any string in ``value`` holds a lone surrogate (``"\\ud800"`` in JSON).
 
     Such strings cannot be encoded as UTF-8, so echoing them later (a job's text in
@@ -218,13 +218,14 @@ def _find_surrogate(value: Any, depth: int = 0) -> bool:
     if depth > 100:
         return False  # json.loads already bounds nesting; this only bounds the walk
     if isinstance(value, dict):
-        return any(_find_surrogate(k) or _find_surrogate(v, depth + 1) for k, v in value.items())
+        return any(find_surrogate(k) or find_surrogate(v, depth + 1) for k, v in value.items())
     if isinstance(value, list):
-        return any(_find_surrogate(v, depth + 1) for v in value)
+        return any(find_surrogate(v, depth + 1) for v in value)
     return False
 
 
-def _has_control_chars(text: str) -> bool:
+def has_control_chars(text: str) -> bool:
+    """True if ``text`` holds C0 controls other than tab and newlines, DEL or C1 controls."""
     return any((ord(c) < 32 and c not in "\t\n\r") or 0x7F <= ord(c) < 0xA0 for c in text)
 
 
@@ -309,7 +310,7 @@ def parse_request(frame: str, *, max_text_length: int, allow_control: bool = Tru
             Code.BAD_REQUEST, "id must be a string (<= 200 chars, valid Unicode) or a number"
         )
     fields = _Fields(message, request_id)
-    if _find_surrogate(message):
+    if find_surrogate(message):
         raise fields.fail(
             "strings must be valid Unicode: this request holds a lone surrogate "
             "(\\ud800-\\udfff), as text decoded from a wrong encoding does"
@@ -327,7 +328,7 @@ def parse_request(frame: str, *, max_text_length: int, allow_control: bool = Tru
 
     def text() -> str:
         value = fields.text(max_text_length)
-        if not allow_control and _has_control_chars(value):
+        if not allow_control and has_control_chars(value):
             raise fields.fail("text contains control characters")
         return value
 
@@ -375,7 +376,7 @@ def parse_request(frame: str, *, max_text_length: int, allow_control: bool = Tru
     if cls is Identify:
         name = fields.string("name", required=True, limit=_MAX_NAME_LENGTH)
         assert name is not None
-        if _has_control_chars(name):
+        if has_control_chars(name):
             raise fields.fail("'name' must not contain control characters")
         return Identify(
             id=request_id,
