@@ -27,6 +27,7 @@ import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from websockets.http11 import Request
 
@@ -34,6 +35,15 @@ from ttsd.config import Config, ConfigError
 
 #: Host names that always mean this machine (RFC 6761 reserves ``localhost``).
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost", "ip6-loopback"})
+
+
+class HeaderView(Protocol):
+    """The request headers as both HTTP servers show them (websockets' ``Headers``;
+    aiohttp's through :class:`ttsd.server.http.AiohttpHeaders`)."""
+
+    def get_all(self, key: str) -> list[str]: ...
+
+    def get(self, key: str, default: str | None = None) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -155,17 +165,25 @@ class AccessPolicy:
 
     def check_handshake(self, request: Request) -> Refusal | None:
         """None if the handshake may go on, else why it is refused."""
-        origins = request.headers.get_all("Origin")
+        return self.check_headers(request.headers)
+
+    def check_headers(self, headers: HeaderView) -> Refusal | None:
+        """None if a request with ``headers`` may go on, else why it is refused.
+
+        A missing token is not a refusal here: a WebSocket client may still send it
+        as its first request (HTTP requests check :meth:`token_in` themselves).
+        """
+        origins = headers.get_all("Origin")
         if len(origins) > 1:
             return Refusal(403, "more than one Origin header")
         if origins and normalize_origin(origins[0]) not in self.allowed_origins:
             return Refusal(403, f"origin {origins[0][:200]!r} is not allowed")
-        hosts = request.headers.get_all("Host")
+        hosts = headers.get_all("Host")
         if len(hosts) > 1:
             return Refusal(400, "more than one Host header")
         if hosts and not self.host_allowed(host_of(hosts[0])):
             return Refusal(403, f"host {hosts[0][:200]!r} is not allowed")
-        if self.token is not None and self.header_token(request) is False:
+        if self.token is not None and self.token_in(headers) is False:
             return Refusal(401, "wrong token")
         return None
 
@@ -179,7 +197,11 @@ class AccessPolicy:
 
     def header_token(self, request: Request) -> bool | None:
         """True: the right token in ``Authorization: Bearer``; False: a wrong one; None: none."""
-        value = request.headers.get("Authorization")
+        return self.token_in(request.headers)
+
+    def token_in(self, headers: HeaderView) -> bool | None:
+        """:meth:`header_token` for any request's headers."""
+        value = headers.get("Authorization")
         if value is None:
             return None
         scheme, _, token = value.strip().partition(" ")
