@@ -265,7 +265,7 @@ class IdleExit:
 
     def idle_for(self) -> float:
         """Seconds since the last client left or the last job ended (0 while busy)."""
-        if self.server.clients or self.scheduler.busy:
+        if self.server.clients or self.server.arriving or self.scheduler.busy:
             return 0.0
         last = max(self.server.last_disconnect, self.scheduler.last_activity)
         return time.monotonic() - last
@@ -274,9 +274,15 @@ class IdleExit:
         return self.seconds > 0 and self.idle_for() >= self.seconds
 
     def _nobody(self, listener: WebSocketServer) -> bool:
-        # handler_tasks includes connections still in their opening handshake.
+        # handler_tasks includes connections still in their opening handshake;
+        # ``arriving``, those whose first request is still being read, and HTTP requests.
         handling = any(not task.done() for task in listener.handler_tasks)
-        return not handling and not self.server.clients and not self.scheduler.busy
+        return (
+            not handling
+            and not self.server.arriving
+            and not self.server.clients
+            and not self.scheduler.busy
+        )
 
     async def confirm(self, settle: float = SETTLE) -> bool:
         """Stop accepting and re-check; True if the daemon should exit now.

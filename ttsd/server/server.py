@@ -1,6 +1,9 @@
-"""The WebSocket server: connections, requests, replies, and events to every client.
+"""The server: WebSocket connections, requests, replies, and events to every client.
 
-One listening socket, one ``websockets`` server. Each connection gets ``hello``, then
+One listening socket, one ``websockets`` server; requests that are not WebSocket
+upgrades are split off to an HTTP server on the same socket (:mod:`ttsd.server.http`,
+with the OpenAI-compatible endpoints of :mod:`ttsd.server.openai`). Each WebSocket
+connection gets ``hello``, then
 every request it sends gets exactly one reply (echoing its ``id``), and every event
 goes to every authenticated connection in the order it happened. Events are written
 without waiting for slow readers: a client whose unsent backlog stays over
@@ -18,6 +21,7 @@ import base64
 import dataclasses
 import itertools
 import logging
+import re
 import socket
 import struct
 import time
@@ -25,6 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiohttp import web
 from websockets.asyncio.server import Server as WebSocketServer
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
@@ -37,7 +42,9 @@ from ttsd.engines import EngineError
 from ttsd.errors import Code
 from ttsd.scheduler import JobKind, Order, Priority, Rejection, Scheduler
 from ttsd.scheduler.events import Event, JobQueued
+from ttsd.server.http import FirstRequest, HttpFront, Route, home_page, response_headers
 from ttsd.server.limits import Backlog, RateLimiter
+from ttsd.server.openai import OpenAISpeech
 from ttsd.server.security import AccessPolicy
 from ttsd.server.wire import message_of
 
@@ -84,7 +91,7 @@ def unsent_bytes(connection: ServerConnection) -> int:
 
 
 class Server:
-    """Serves the ttsd protocol to WebSocket clients on one listening socket."""
+    """Serves the ttsd protocol to WebSocket clients, and HTTP, on one listening socket."""
 
     def __init__(self, config: Config, scheduler: Scheduler) -> None:
         self.config = config
@@ -97,6 +104,20 @@ class Server:
         self.stop_requested = asyncio.Event()
         self.last_disconnect = time.monotonic()
         self._websocket_server: WebSocketServer | None = None
+        #: Connections whose first request head is still being read.
+        self._arriving: set[FirstRequest] = set()
+        self.openai = OpenAISpeech(
+            config,
+            scheduler,
+            stopping=self.stop_requested.is_set,
+        )
+        self.http = HttpFront(
+            config,
+            lambda: self.policy,
+            [Route(re.compile("/"), {"GET": self._home}), *self.openai.routes()],
+            connections=self.connection_count,
+            on_request_end=self._http_request_ended,
+        )
         self._client_numbers = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
         #: The connection whose ``speak`` is being carried out, and its request id:
@@ -169,6 +190,9 @@ class Server:
             "server_header": f"ttsd/{__version__}",
             "process_request": self.check_handshake,
             "close_timeout": CLOSE_TIMEOUT,
+            # websockets builds a connection per accepted socket through this hook;
+            # the wrapper reads the first request and hands it on (module docstring).
+            "create_connection": self._first_request,
         }
         if sock is not None:
             server = await serve(self.handle, sock=sock, **options)
@@ -180,6 +204,34 @@ class Server:
             log.info("clients must present the token (auth = token)")
         log.info("listening on port %d", port)
         return int(port)
+
+    def _first_request(self, *args: Any, **kwargs: Any) -> FirstRequest:
+        """Takes websockets' arguments for a ``ServerConnection``; builds that only if
+        the first request is a WebSocket upgrade."""
+        return FirstRequest(
+            lambda: ServerConnection(*args, **kwargs), self.http.protocol, self._arriving
+        )
+
+    def connection_count(self) -> int:
+        """Open connections: WebSocket peers and HTTP connections (``max_connections``)."""
+        return len(self.peers) + self.http.open_connections
+
+    @property
+    def arriving(self) -> bool:
+        """True while a connection is being read or an HTTP request answered: a client
+        is here even if it is not (yet) in :attr:`clients`."""
+        return bool(self._arriving) or self.http.active > 0
+
+    def _http_request_ended(self) -> None:
+        self.last_disconnect = time.monotonic()
+
+    async def _home(self, request: web.BaseRequest) -> web.Response:
+        """``GET /`` without an upgrade: 426, and what this port offers."""
+        return web.Response(
+            status=426,
+            text=home_page(),
+            headers={**response_headers(request), "Upgrade": "websocket"},
+        )
 
     @property
     def listener(self) -> WebSocketServer | None:
@@ -194,6 +246,9 @@ class Server:
         """
         for task in list(self._tasks):
             task.cancel()
+        for arriving in list(self._arriving):
+            arriving.abort()
+        await self.http.close(CLOSE_TIMEOUT)
         if self._websocket_server is not None:
             self._websocket_server.close(close_connections=True)
             await self._websocket_server.wait_closed()
@@ -203,7 +258,7 @@ class Server:
     def check_handshake(self, connection: ServerConnection, request: Request) -> Response | None:
         """``process_request`` hook: refuse before the upgrade, with an HTTP status."""
         refusal = self.policy.check_handshake(request)
-        if refusal is None and len(self.peers) >= self.config.max_connections:
+        if refusal is None and self.connection_count() >= self.config.max_connections:
             refusal_status, reason = 503, "too many connections; try again later"
         elif refusal is not None:
             refusal_status, reason = refusal.status, refusal.reason
