@@ -29,15 +29,20 @@ import soundfile
 from tests.conftest import TONE
 from tests.support.daemon import Daemon, write_config
 from tests.support.expected import tone
+from tests.support.fakes import FakeOutput
 from tests.support.pulse import PulseServer
 from ttsd.audio.encode import make_encoder
 from ttsd.client import Client
+from ttsd.config import Config
+from ttsd.daemon import IdleExit, settings_of
 from ttsd.engines import Engine, OptionError
 from ttsd.engines.chatterbox import ChatterboxEngine
 from ttsd.engines.tone import ToneEngine
 from ttsd.protocol import Started
 from ttsd.protocol.openai import OPENAI_VOICES
+from ttsd.scheduler import EngineHost, Scheduler
 from ttsd.scheduler.chunking import split_text
+from ttsd.server import Server
 
 TEXT = "Hello from the speech endpoint. It streams as it speaks."
 RATE = 22050
@@ -553,3 +558,44 @@ def test_each_encoder_hands_out_bytes_before_the_end(fmt: str) -> None:
     # the first audio bytes come within the first second (Opus: one Ogg page, ~1 s)
     first = next(i for i, size in enumerate(sizes[1:], 1) if size)
     assert first <= 6, (fmt, sizes)
+
+
+# --- Idle exit ------------------------------------------------------------------------------
+
+
+async def test_idle_exit_waits_for_a_connection_still_sending_its_first_request() -> None:
+    """A connection accepted but not yet routed (its request head is still coming) is a
+    client arriving: the idle exit stays up for it, serves it, then exits."""
+    config = Config(engine="tone", port=0, idle_exit=1.0)
+    engine = ToneEngine()
+    scheduler = Scheduler(
+        settings_of(config),
+        EngineHost(lambda: (engine, "test"), name="tone", engine=engine),
+        FakeOutput(),
+        lambda event: None,
+    )
+    server = Server(config, scheduler)
+    scheduler.start()
+    port = await server.start()
+    idle = IdleExit(server, scheduler, config.idle_exit)
+    loop = asyncio.get_running_loop()
+    raw = socket.create_connection(("127.0.0.1", port))
+    raw.setblocking(False)
+    try:
+        await asyncio.sleep(0.2)  # accepted; not a word sent yet
+        assert server.arriving and not server.clients
+        assert await idle.confirm() is False
+
+        request = b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        await loop.sock_sendall(raw, request)
+        reply = await asyncio.wait_for(loop.sock_recv(raw, 65536), 10)
+        assert reply.startswith(b"HTTP/1.1 200 ")
+        raw.close()
+
+        await asyncio.sleep(0.2)
+        assert not server.arriving
+        assert await idle.confirm() is True
+    finally:
+        raw.close()
+        await scheduler.close()
+        await server.close()
