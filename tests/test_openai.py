@@ -297,6 +297,15 @@ def test_bad_requests_get_their_status_and_openais_error_shape(start_daemon) -> 
         assert plain.content == styled.content
 
 
+def test_an_engine_that_cannot_load_is_a_503(start_daemon) -> None:
+    daemon = start_daemon({"engine": "tone", "tone": {"fail_load": True}})
+    response = httpx.post(f"{base_url(daemon)}/audio/speech", json=speech_body(), timeout=30)
+    error = assert_openai_error(response, 503, "engine_unavailable")
+    assert error["type"] == "server_error"
+    # A bad request is still answered as such, without waiting for the engine.
+    assert_openai_error(httpx.post(f"{base_url(daemon)}/audio/speech", content=b"{"), 400)
+
+
 def test_the_home_page_says_what_the_port_offers(daemon: Daemon) -> None:
     response = httpx.get(f"http://127.0.0.1:{daemon.port}/")
     assert response.status_code == 426

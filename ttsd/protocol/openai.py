@@ -195,16 +195,27 @@ def _string(body: dict[str, Any], name: str, *, limit: int = 200) -> str:
     return value
 
 
+def check_model(model: str, models: Collection[str]) -> None:
+    """Raise :class:`OpenAIError` (400 ``model_not_found``) unless ``model`` is served."""
+    if model not in models:
+        raise _bad(
+            f"model {model!r} does not exist here; use one of {', '.join(models)}",
+            "model",
+            "model_not_found",
+        )
+
+
 def parse_speech(
     raw: bytes,
     *,
-    models: Collection[str],
+    models: Collection[str] | None,
     max_text_length: int,
 ) -> SpeechRequest:
     """Parse and check a speech request body; raise :class:`OpenAIError` (400) if bad.
 
     Control characters in ``input`` are accepted, as on the WebSocket: the daemon's text
-    layer removes them from what is spoken.
+    layer removes them from what is spoken. ``models`` None leaves ``model`` unchecked
+    (:func:`check_model` later, once the engine's name is known).
     """
     try:
         body = json.loads(raw, parse_constant=_reject_constant)
@@ -221,12 +232,8 @@ def parse_speech(
         )
 
     model = _string(body, "model")
-    if model not in models:
-        raise _bad(
-            f"model {model!r} does not exist here; use one of {', '.join(models)}",
-            "model",
-            "model_not_found",
-        )
+    if models is not None:
+        check_model(model, models)
     text = body.get("input")
     if text is None:
         raise _bad("'input' is required", "input", "missing_required_parameter")

@@ -34,6 +34,7 @@ from ttsd.protocol.openai import (
     OPENAI_VOICES,
     OpenAIError,
     SpeechRequest,
+    check_model,
     parse_speech,
 )
 from ttsd.scheduler import JobKind, Order, Rejection, Scheduler
@@ -144,20 +145,20 @@ class OpenAISpeech:
     # --- Speech --------------------------------------------------------------------
 
     async def speech(self, request: web.BaseRequest) -> web.StreamResponse:
+        """``POST /v1/audio/speech``: check the request, submit a synthesis job, stream it."""
         body = await read_body(request, self.config.max_message_bytes)
+        # Checked before waiting for the engine: a bad request is answered at once.
+        speech = parse_speech(body, models=None, max_text_length=self.config.max_text_length)
         host = self.scheduler.host
-        # The engine is needed to check the voice, map the speed and pick the rate.
         if self.stopping() or self.scheduler.closed:
             raise OpenAIError.of_code(Code.SHUTTING_DOWN, "the daemon is shutting down")
+        # The engine is needed to know its name (``auto``), check the voice, map the
+        # speed and pick the sample rate: wait for it to load (at once when it is).
         if not await host.ensure_ready():
             raise OpenAIError.of_code(
                 Code.ENGINE_UNAVAILABLE, f"the engine failed to load: {host.error}"
             )
-        speech = parse_speech(
-            body,
-            models=self.model_names(),
-            max_text_length=self.config.max_text_length,
-        )
+        check_model(speech.model, self.model_names())
         voice = self._voice(speech.voice)
         options = self._options(speech, voice)
         try:
