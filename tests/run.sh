@@ -6,7 +6,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
-packages=(pulseaudio pulseaudio-utils libsystemd-dev pkg-config systemd nodejs chromium
+packages=(pulseaudio pulseaudio-utils libsystemd-dev pkg-config systemd nodejs chromium curl
           speech-dispatcher speech-dispatcher-espeak-ng espeak-ng)
 missing=()
 for package in "${packages[@]}"; do

@@ -453,9 +453,10 @@ async def test_a_speak_job_is_not_held_up_by_http_synthesis(start_daemon) -> Non
     assert order.count("http") >= 20  # the synthesis went on meanwhile and finished
 
 
-async def test_an_http_client_that_disconnects_aborts_its_job(start_daemon) -> None:
+@pytest.mark.parametrize("fmt", ["pcm", "mp3"])  # mp3: encoded off the event loop
+async def test_an_http_client_that_disconnects_aborts_its_job(start_daemon, fmt: str) -> None:
     daemon = start_daemon(SLOW_TONE)
-    body = speech_body(input=MANY, response_format="pcm")
+    body = speech_body(input=MANY, response_format=fmt)
     async with await Client.connect("127.0.0.1", daemon.port) as ws:
         async with (
             httpx.AsyncClient(timeout=30) as http,

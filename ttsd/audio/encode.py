@@ -95,6 +95,9 @@ class Encoder(ABC):
 
     #: The response's ``Content-Type``.
     media_type: str = "application/octet-stream"
+    #: True when encoding takes long enough (tens of ms per second of audio) that a
+    #: server should run it off its event loop.
+    costly: bool = False
 
     def __init__(self, source_rate: int, rate: int) -> None:
         self.source_rate = source_rate
@@ -208,6 +211,8 @@ class _Outbox:
 
 class SoundFileEncoder(Encoder):
     """MP3, FLAC or Ogg Opus through libsndfile."""
+
+    costly = True  # LAME and libopus: ~40 ms per second of audio on a busy 2-core CPU
 
     def __init__(self, fmt: str, source_rate: int, rate: int) -> None:
         super().__init__(source_rate, rate)
