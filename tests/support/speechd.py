@@ -60,45 +60,61 @@ def write_wrapper(path: Path) -> Path:
 class SpeechDispatcher:
     """``speech-dispatcher`` as a child process, with the ttsd module as default."""
 
-    def __init__(self, directory: Path, module: dict[str, Any], extra: str = "") -> None:
+    def __init__(
+        self,
+        directory: Path,
+        module: dict[str, Any] | None,
+        *,
+        home: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """``module``: the settings of ``ttsd.conf`` in a config directory of its own;
+        None: no config is written and the server reads ``home``'s user config (what
+        ``install.sh --speechd`` set up), discovering its modules as it would."""
         self.directory = directory
         self.conf = directory / "conf"
         self.logs = directory / "log"
         self.socket = directory / "speechd.sock"
         self.module = module
-        self.extra = extra
+        self.home = home or directory
+        self.extra_env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
 
     def env(self) -> dict[str, str]:
         env = {
-            **os.environ,
-            "SPEECHD_ADDRESS": f"unix_socket:{self.socket}",
-            "HOME": str(self.directory),
-            "XDG_RUNTIME_DIR": str(self.directory),
-            "XDG_CONFIG_HOME": str(self.directory / "config"),
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(("XDG_", "PULSE_SERVER", "TTS_"))  # ttsd plays, not speechd
         }
-        env.pop("PULSE_SERVER", None)  # ttsd plays, never the server
+        env.update(
+            SPEECHD_ADDRESS=f"unix_socket:{self.socket}",
+            HOME=str(self.home),
+            XDG_RUNTIME_DIR=str(self.directory),
+            **self.extra_env,
+        )
         return env
 
     def start(self, timeout: float = 30.0) -> SpeechDispatcher:
-        (self.conf / "modules").mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
-        wrapper = write_wrapper(self.directory / "sd_ttsd")
-        (self.conf / "speechd.conf").write_text(
-            "LogLevel 3\n"
-            'AudioOutputMethod "pulse"\n'
-            f'AddModule "ttsd" "{wrapper}" "ttsd.conf"\n'
-            'DefaultModule "ttsd"\n' + self.extra
-        )
-        (self.conf / "modules" / "ttsd.conf").write_text(module_config(self.module))
+        config: list[str] = []
+        if self.module is not None:
+            (self.conf / "modules").mkdir(parents=True, exist_ok=True)
+            wrapper = write_wrapper(self.directory / "sd_ttsd")
+            (self.conf / "speechd.conf").write_text(
+                "LogLevel 3\n"
+                'AudioOutputMethod "pulse"\n'
+                f'AddModule "ttsd" "{wrapper}" "ttsd.conf"\n'
+                'DefaultModule "ttsd"\n'
+            )
+            (self.conf / "modules" / "ttsd.conf").write_text(module_config(self.module))
+            config = ["-C", str(self.conf)]
         self.process = subprocess.Popen(
             [
                 "speech-dispatcher",
                 "-s",
                 "-t",
                 "0",
-                "-C",
-                str(self.conf),
+                *config,
                 "-c",
                 "unix_socket",
                 "-S",
