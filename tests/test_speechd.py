@@ -535,6 +535,48 @@ def test_speech_stops_when_the_module_dies(
     assert len(recorder.samples()) - last_audible(recorder.samples()) > 0
 
 
+def test_module_sends_a_long_message_as_consecutive_jobs(
+    start_daemon: Callable[..., Daemon], module: Callable[..., ModuleProcess], recorder: Recorder
+) -> None:
+    """Over ``TtsdMaxChars`` a message is cut at sentences into jobs queued back to
+    back; Speech Dispatcher still sees one message: one BEGIN, its marks, one END."""
+    daemon = start_daemon(TONE)
+    sd = module({"TtsdPort": daemon.port, "TtsdMaxChars": 100})
+    sd.init()
+    one, two = "The first part is a sentence of tone. " * 2, "The second part, after it."
+    sd.speak(f'<speak>{one}<mark name="__spd_0"/>{two}</speak>')
+    sd.expect("701 BEGIN", "700-__spd_0", "700 INDEX MARK", "702 END", timeout=20)
+    recorder.wait_for_silence(0.2)
+    recorded = recorder.samples()
+    first = locate(recorded, tone(one.strip()))
+    assert first is not None
+    after = first + len(tone(one.strip()))  # the tone depends on the length only
+    assert locate(recorded[after:], tone(two)) is not None
+    assert sd.log.count("queued") == 2
+
+
+def test_module_keeps_up_with_a_burst_of_messages(
+    start_daemon: Callable[..., Daemon], module: Callable[..., ModuleProcess], recorder: Recorder
+) -> None:
+    """A key held down in a screen reader: SPEAK then STOP, over and over, faster than
+    ttsd's request-rate limit. Every message gets its reply and exactly one final
+    event, and the last one plays."""
+    daemon = start_daemon(TONE)
+    sd = module({"TtsdPort": daemon.port})
+    sd.init()
+    for i in range(40):
+        sd.speak(f"Line {i} of a document.")
+        sd.send("STOP")
+        events = [sd.read()]
+        while events[-1] not in ("702 END", "703 STOP"):
+            events.append(sd.read())
+        assert events[0] == "701 BEGIN" and events.count("701 BEGIN") == 1, events
+    sd.speak("The last line.")
+    sd.expect("701 BEGIN", "702 END")
+    recorder.wait_for_silence(0.2)
+    assert locate(recorder.samples(), tone("The last line.")) is not None
+
+
 # --- Pure functions ---------------------------------------------------------------------
 
 

@@ -63,8 +63,8 @@ CLIENT_NAME = "speech-dispatcher"
 MAX_LINE = 2**24
 #: Seconds ``LIST VOICES`` waits for the daemon before answering from what it knows.
 VOICES_TIMEOUT = 3.0
-#: How long an abort refused for ttsd's request-rate limit is retried (seconds).
-ABORT_RETRY_FOR = 2.0
+#: How long a request refused for ttsd's request-rate limit is retried (seconds).
+RATE_RETRY_FOR = 2.0
 
 # Replies of the module protocol (as module_process.c words them).
 BAD_SYNTAX = "302 ERROR BAD SYNTAX"
@@ -128,8 +128,10 @@ class TtsdLink:
         return f"{host}:{port}"
 
     @property
-    def connected(self) -> bool:
-        return self._client is not None and not self._client.closed
+    def open_client(self) -> Client | None:
+        """The connection if it is open, without connecting."""
+        client = self._client
+        return client if client is not None and not client.closed else None
 
     async def client(self, timeout: float | None = None, retry: bool = True) -> Client:
         """The open connection, connecting first if needed; raise :class:`LinkError`.
@@ -170,6 +172,12 @@ class TtsdLink:
                 self.address,
                 self.engine,
             )
+            # The voices decide which voice a message gets; the daemon may have new
+            # ones since it restarted.
+            try:
+                self.voices = await asyncio.wait_for(client.voices(), wait)
+            except (ClientError, asyncio.TimeoutError) as exc:
+                log.warning("cannot list ttsd's voices: %s", exc)
             return client
 
     async def _identify(self, client: Client) -> None:
@@ -467,13 +475,13 @@ class SpeechdModule:
             u.submitted = True
         if u.ended:
             await self._abort_jobs(u)  # an error ended it with pieces still queued
+        elif u.jobs and u.finished >= set(u.jobs):
+            self._end(u, "702 END")  # every job finished while the last was queued
         elif u.stop is not None:
             if u.jobs:
                 await self._abort_jobs(u)
             else:
                 self._end(u, self._stop_event(u))  # stopped before any job existed
-        elif u.jobs and u.finished >= set(u.jobs):
-            self._end(u, "702 END")
 
     async def _submit(self, u: Utterance) -> None:
         client = await self.link.client()
@@ -495,14 +503,33 @@ class SpeechdModule:
                 log.warning("ttsd refused the voice or options (%s): using its defaults", exc)
                 fields = {k: v for k, v in fields.items() if k not in ("options", "voice")}
                 job = await self._queue(client, u, piece, offset, fields)
-            log.debug("message %d: job %d queued", u.number, job)
+            if job is not None:
+                log.debug("message %d: job %d queued", u.number, job)
 
     async def _queue(
         self, client: Client, u: Utterance, piece: str, offset: int, fields: dict[str, Any]
-    ) -> int:
+    ) -> int | None:
+        """Queue one job of ``u``; None if it was stopped before the daemon took it."""
+        deadline = time.monotonic() + RATE_RETRY_FOR
         self._claiming += 1
         try:
-            reply = await client.speak(piece, cancel_on_disconnect=True, format="text", **fields)
+            while True:
+                try:
+                    reply = await client.speak(
+                        piece, cancel_on_disconnect=True, format="text", **fields
+                    )
+                    break
+                except RequestFailed as exc:
+                    # A burst of messages (a key held down) can exceed the daemon's
+                    # request rate for a moment: wait for the next token.
+                    if exc.code != protocol.Code.RATE_LIMITED.value:
+                        raise
+                    if u.stop is not None or u.ended:
+                        log.debug("message %d was stopped before ttsd took it", u.number)
+                        return None
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.02)
         finally:
             self._claiming -= 1
         u.jobs[reply.job] = offset
@@ -612,11 +639,11 @@ class SpeechdModule:
 
     async def _abort_jobs(self, u: Utterance) -> None:
         """Abort every job of ``u`` that has not ended (retried if rate-limited)."""
-        client = self.link._client
-        if client is None or client.closed:
+        client = self.link.open_client
+        if client is None:
             return
         for job in [j for j in u.jobs if j not in u.finished]:
-            deadline = time.monotonic() + ABORT_RETRY_FOR
+            deadline = time.monotonic() + RATE_RETRY_FOR
             while True:
                 try:
                     await client.abort(job)
