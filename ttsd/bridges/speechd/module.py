@@ -41,6 +41,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,7 +89,6 @@ class Output:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        self.lines: list[str] = []  # everything sent, for tests and debugging
 
     def send(self, *lines: str) -> None:
         data = "".join(f"{line}\n" for line in lines).encode()
@@ -97,7 +97,6 @@ class Output:
         while view:
             written = os.write(self.fd, view)
             view = view[written:]
-        self.lines.extend(lines)
 
 
 # --- The connection to ttsd -----------------------------------------------------------
@@ -106,7 +105,14 @@ class Output:
 class TtsdLink:
     """The connection to the daemon: opened on demand, reopened after it closed."""
 
-    def __init__(self, config: ModuleConfig, on_event: Any, on_lost: Any) -> None:
+    def __init__(
+        self,
+        config: ModuleConfig,
+        on_event: Callable[[protocol.Message], None],
+        on_lost: Callable[[], None],
+    ) -> None:
+        """``on_event`` gets every event of the connection; ``on_lost`` is called when
+        the connection closes without :meth:`close`."""
         self.config = config
         self._on_event = on_event
         self._on_lost = on_lost
@@ -371,7 +377,8 @@ class SpeechdModule:
             self.out.send("203 OK RECEIVING SETTINGS")
             values = await self._values(reader)
             if values is not None:
-                bad = self.settings.update(values[0]) if not values[1] else []
+                # Like module_process.c: the valid lines apply, the reply tells the rest.
+                bad = self.settings.update(values[0])
                 self.out.send(
                     BAD_SYNTAX if values[1] else BAD_PARAM if bad else "203 OK SETTINGS RECEIVED"
                 )
@@ -442,6 +449,8 @@ class SpeechdModule:
             # if it did not, it no longer expects events of the old one.
             log.warning("SPEAK while message %d still plays: abandoning it", previous.number)
             previous.ended = True
+            for job in previous.jobs:
+                self._by_job.pop(job, None)
             self._spawn(self._abort_jobs(previous))
         self._numbers += 1
         utterance = Utterance(
@@ -761,7 +770,7 @@ class SpeechdModule:
         if self.current is None or self.current.ended:
             self._spawn(self.link.close())
 
-    def _spawn(self, coroutine: Any) -> None:
+    def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
