@@ -10,7 +10,7 @@
 set -eu
 
 usage() {
-    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
     cat <<'EOF'
 
 Options:
