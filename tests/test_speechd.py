@@ -9,7 +9,9 @@ can be compared sample for sample with :class:`PiperEngine`'s own output.
 
 from __future__ import annotations
 
+import asyncio
 import re
+import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -19,12 +21,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.support.daemon import Daemon
+from tests.support.daemon import Daemon, write_config
 from tests.support.expected import tone
-from tests.support.pulse import Recorder, find_exact, first_audible, last_audible
+from tests.support.pulse import PulseServer, Recorder, find_exact, first_audible, last_audible
 from tests.support.speechd import (
     SSIP,
     ModuleProcess,
+    SocketActivated,
     SpeechDispatcher,
     free_port,
     speechd_available,
@@ -40,6 +43,7 @@ from ttsd.bridges.speechd.settings import (
     voice_lines,
 )
 from ttsd.bridges.speechd.text import char_text, key_text, spell, strip_ssml
+from ttsd.client import Client
 from ttsd.engines.piper import PiperEngine
 from ttsd.scheduler.chunking import split_text
 
@@ -530,6 +534,46 @@ def test_module_reconnects_after_the_daemon_restarts(
     sd.expect("701 BEGIN", "702 END")
     recorder.wait_for_silence(0.2)
     assert locate(recorder.samples(), tone("Two, after the restart.")) is not None
+
+
+@pytest.mark.skipif(
+    shutil.which("systemd-socket-activate") is None, reason="needs systemd-socket-activate"
+)
+def test_module_starts_a_socket_activated_daemon_again_after_it_exited(
+    tmp_path: Path, pulse: PulseServer, module: Callable[..., ModuleProcess], recorder: Recorder
+) -> None:
+    """The daemon behind ``tts.socket`` starts on the module's first connection; after
+    it exited (idle exit, restart), the next message connects again and starts it."""
+    port = free_port()
+    config = write_config(tmp_path / "config.toml", TONE)
+    env = {"TTS_CONFIG": str(config), **pulse.env()}
+    activations = [SocketActivated(tmp_path / "first", port, env)]
+    try:
+        sd = module({"TtsdPort": port})
+        sd.init()
+        sd.speak("Started on demand.")
+        sd.expect("701 BEGIN", "702 END", timeout=30)
+        assert activations[0].started
+        asyncio.run(terminate(port))
+        activations[0].process.wait(15)
+        activations.append(SocketActivated(tmp_path / "second", port, env))
+        assert not activations[1].started
+        sd.speak("Started again.")
+        sd.expect("701 BEGIN", "702 END", timeout=30)
+        assert activations[1].started
+    finally:
+        for activation in activations:
+            activation.stop()
+    recorder.wait_for_silence(0.2)
+    recorded = recorder.samples()
+    assert locate(recorded, tone("Started on demand.")) is not None
+    assert locate(recorded, tone("Started again.")) is not None
+    assert "connected to ttsd" in sd.log and sd.log.count("connected to ttsd") == 2
+
+
+async def terminate(port: int) -> None:
+    async with await Client.connect("127.0.0.1", port) as client:
+        await client.terminate()
 
 
 def test_module_reports_stop_when_the_daemon_dies_mid_message(

@@ -332,3 +332,47 @@ class ModuleProcess:
             except (OSError, subprocess.TimeoutExpired):
                 self.process.kill()
                 self.process.wait()
+
+
+class SocketActivated:
+    """``systemd-socket-activate`` holding a port and starting ``python -m ttsd serve``
+    from this checkout on the first connection, as ``tts.socket`` does. It execs the
+    daemon, so once the daemon exits nothing listens until a new one is started."""
+
+    def __init__(self, home: Path, port: int, env: dict[str, str]) -> None:
+        home.mkdir(parents=True, exist_ok=True)
+        command = ["systemd-socket-activate", "-l", f"127.0.0.1:{port}"]
+        # It passes on only PATH, HOME, TERM, USER and LISTEN_*: the rest goes by -E.
+        for name, value in {"PYTHONPATH": str(REPO), "XDG_RUNTIME_DIR": str(home), **env}.items():
+            command += ["-E", f"{name}={value}"]
+        command += [sys.executable, "-m", "ttsd", "serve"]
+        self.log_path = home / "activate.log"
+        self.process = subprocess.Popen(
+            command,
+            cwd=REPO,
+            env={**os.environ, "HOME": str(home)},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.log_path, "wb"),  # noqa: SIM115
+        )
+        deadline = time.monotonic() + 10
+        while "Listening on" not in self.log:
+            assert time.monotonic() < deadline and self.process.poll() is None, self.log
+            time.sleep(0.02)
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    @property
+    def started(self) -> bool:
+        return "Execing" in self.log
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
