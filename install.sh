@@ -5,6 +5,7 @@
 #
 #   ./install.sh [--with-chatterbox | --without-chatterbox] [--source DIR] [--serve]
 #                [--python PYTHON] [--pip-args "ARGS"] [--system-site-packages]
+#                [--speechd | --speechd-default]
 #   ./install.sh --uninstall
 set -eu
 
@@ -22,7 +23,11 @@ Options:
   --serve                 then run the daemon in the foreground (for machines without a
                           systemd user manager: containers, SSH sessions)
   --no-system-packages    never install Debian packages (pacat), only say what is missing
-  --uninstall             remove the environment, the units and the ttsd link
+  --speechd               also install the Speech Dispatcher module (spd-say, Orca and
+                          browsers can then speak with ttsd's voices; docs/speechd.md)
+  --speechd-default       the same, and make ttsd Speech Dispatcher's default module
+  --uninstall             remove the environment, the units, the ttsd link and the
+                          Speech Dispatcher module with every line added for it
 EOF
 }
 
@@ -38,6 +43,7 @@ venv_args=
 action=install
 serve=no
 system_packages=yes
+speechd=no
 
 while [ $# -gt 0 ]; do
     case $1 in
@@ -53,6 +59,8 @@ while [ $# -gt 0 ]; do
         --uninstall) action=uninstall ;;
         --serve) serve=yes ;;
         --no-system-packages) system_packages=no ;;
+        --speechd) [ "$speechd" = default ] || speechd=yes ;;
+        --speechd-default) speechd=default ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; die "unknown option: $1" ;;
     esac
@@ -67,6 +75,19 @@ bin_dir=$HOME/.local/bin
 link=$bin_dir/ttsd
 # Marks the units as ours, so --uninstall never removes someone else's tts.service.
 marker="# Installed by ttsd install.sh"
+
+# Speech Dispatcher (0.11+): its user config directory, and the user module directory
+# it scans for sd_* programs when its config loads no module explicitly.
+sd_conf_dir=${XDG_CONFIG_HOME:-$HOME/.config}/speech-dispatcher
+sd_conf=$sd_conf_dir/speechd.conf
+sd_module_conf=$sd_conf_dir/modules/ttsd.conf
+sd_module_dir=$(dirname "${XDG_DATA_HOME:-$HOME/.local/share}")/libexec/speech-dispatcher-modules
+sd_module_link=$sd_module_dir/sd_ttsd
+sd_system_conf=${TTSD_SPEECHD_SYSTEM_CONF:-/etc/speech-dispatcher/speechd.conf}
+# Each line install.sh adds to speechd.conf follows this comment line; a speechd.conf
+# it created starts with sd_created (and the checksum of what it copied).
+sd_added="# Added by ttsd install.sh (install.sh --uninstall removes the next line)"
+sd_created="# Created by ttsd install.sh from"
 
 # True when a systemd user manager answers for this user. is-system-running only
 # asks; it never starts a manager.
@@ -84,7 +105,128 @@ unit_path() {
     printf '"%s"' "$(printf '%s' "$1" | sed 's/%/%%/g; s/\\/\\\\/g; s/"/\\"/g')"
 }
 
+# speechd.conf without the lines install.sh added (each after an sd_added line).
+speechd_conf_without_ours() {
+    awk -v mark="$sd_added" '$0 == mark { skip = 1; next } skip { skip = 0; next } { print }' "$1"
+}
+
+# True if speechd.conf $1 loads modules with AddModule: Speech Dispatcher then looks
+# for no other module, so ours must be named there too.
+speechd_loads_explicitly() {
+    [ -f "$1" ] && grep -Eq '^[[:space:]]*AddModule[[:space:]]' "$1"
+}
+
+# Create the user's speechd.conf from the system one, as `spd-conf -u` does, with
+# relative Include paths made absolute (the clients/ directory stays the system's).
+speechd_create_conf() {
+    [ -f "$sd_conf" ] && return 0
+    if [ ! -f "$sd_system_conf" ]; then
+        say "warning: $sd_system_conf not found (is speech-dispatcher installed?);"
+        say "not creating $sd_conf"
+        return 1
+    fi
+    mkdir -p "$sd_conf_dir"
+    system_dir=$(dirname "$sd_system_conf")
+    copy=$(awk -v dir="$system_dir" '
+        /^[[:space:]]*Include[[:space:]]+"[^\/"]/ { sub(/"/, "\"" dir "/") }
+        { print }' "$sd_system_conf")
+    sum=$(printf '%s\n' "$copy" | sha256sum | cut -d' ' -f1)
+    { printf '%s %s (sha256 %s)\n' "$sd_created" "$sd_system_conf" "$sum"
+      printf '%s\n' "$copy"; } > "$sd_conf.new"
+    mv "$sd_conf.new" "$sd_conf"
+    say "created $sd_conf from $sd_system_conf"
+}
+
+# Append "$1" to the user's speechd.conf as a line of ours.
+speechd_add_line() {
+    printf '%s\n%s\n' "$sd_added" "$1" >> "$sd_conf"
+    say "added to $sd_conf: $1"
+}
+
+speechd_install() {
+    sd_ttsd=$venv/bin/sd_ttsd
+    [ -x "$sd_ttsd" ] || die "$sd_ttsd was not installed"
+    command -v speech-dispatcher >/dev/null 2>&1 \
+        || say "note: speech-dispatcher is not installed; the module is ready for when it is"
+
+    # The module's own config: kept if it exists (it may hold your changes).
+    if [ -f "$sd_module_conf" ]; then
+        say "keeping $sd_module_conf"
+    else
+        mkdir -p "$(dirname "$sd_module_conf")"
+        { echo "$marker"; cat "$source_dir/speechd/ttsd.conf"; } > "$sd_module_conf"
+        say "installed $sd_module_conf"
+    fi
+
+    # Found by Speech Dispatcher's module discovery, when its config uses discovery.
+    if [ -e "$sd_module_link" ] && [ ! -L "$sd_module_link" ]; then
+        say "$sd_module_link exists and is not a link; leaving it"
+    else
+        mkdir -p "$sd_module_dir"
+        ln -sfn "$sd_ttsd" "$sd_module_link"
+        say "linked $sd_module_link -> $sd_ttsd"
+    fi
+
+    # speechd.conf: our lines are rewritten on every run (the path may have changed).
+    if [ -f "$sd_conf" ] && grep -qxF "$sd_added" "$sd_conf"; then
+        speechd_conf_without_ours "$sd_conf" > "$sd_conf.new"
+        mv "$sd_conf.new" "$sd_conf"
+    fi
+    effective=$sd_system_conf
+    [ -f "$sd_conf" ] && effective=$sd_conf
+    if speechd_loads_explicitly "$effective"; then
+        if grep -Eq '^[[:space:]]*AddModule[[:space:]]+"?ttsd"?[[:space:]]' "$effective" \
+            && [ "$effective" = "$sd_conf" ]; then
+            say "$sd_conf already loads a module named ttsd; leaving it"
+        elif speechd_create_conf; then
+            speechd_add_line "AddModule \"ttsd\" \"$sd_ttsd\" \"ttsd.conf\""
+        fi
+    else
+        say "Speech Dispatcher discovers its modules: no AddModule line needed"
+    fi
+    if [ "$speechd" = default ] && speechd_create_conf; then
+        speechd_add_line 'DefaultModule "ttsd"'
+    fi
+    say "Speech Dispatcher loads modules when it starts: restart it to use ttsd"
+    say "(for example: pkill -u \"\$USER\" -x speech-dispatcher; it starts again on demand)"
+    say "then try: spd-say -o ttsd \"Hello from ttsd\""
+}
+
+speechd_uninstall() {
+    if [ -L "$sd_module_link" ] && [ "$(readlink "$sd_module_link")" = "$venv/bin/sd_ttsd" ]; then
+        rm -f "$sd_module_link"
+        say "removed $sd_module_link"
+        rmdir "$sd_module_dir" "$(dirname "$sd_module_dir")" 2>/dev/null || true
+    fi
+    if [ -f "$sd_module_conf" ] && [ "$(head -n 1 "$sd_module_conf")" = "$marker" ]; then
+        rm -f "$sd_module_conf"
+        say "removed $sd_module_conf"
+    fi
+    if [ -f "$sd_conf" ]; then
+        if grep -qxF "$sd_added" "$sd_conf"; then
+            speechd_conf_without_ours "$sd_conf" > "$sd_conf.new"
+            mv "$sd_conf.new" "$sd_conf"
+            say "removed the lines ttsd added to $sd_conf"
+        fi
+        first=$(head -n 1 "$sd_conf")
+        case $first in
+            "$sd_created "*)
+                recorded=$(printf '%s\n' "$first" | sed -n 's/.*(sha256 \([0-9a-f]*\))$/\1/p')
+                now=$(tail -n +2 "$sd_conf" | sha256sum | cut -d' ' -f1)
+                if [ "$recorded" = "$now" ]; then
+                    rm -f "$sd_conf"
+                    say "removed $sd_conf (created by install.sh, unchanged since)"
+                else
+                    say "keeping $sd_conf: it changed since install.sh created it"
+                fi
+                ;;
+        esac
+    fi
+    rmdir "$sd_conf_dir/modules" "$sd_conf_dir" 2>/dev/null || true
+}
+
 uninstall() {
+    speechd_uninstall
     if user_manager_running; then
         say "stopping and disabling tts.socket and tts.service"
         systemctl --user disable --now tts.socket >/dev/null 2>&1 || true
@@ -199,6 +341,7 @@ install() {
         *":$bin_dir:"*) ;;
         *) say "note: $bin_dir is not on your PATH; add it to use the ttsd command" ;;
     esac
+    [ "$speechd" = no ] || speechd_install
 
     if user_manager_running; then
         systemctl --user daemon-reload

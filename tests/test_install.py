@@ -10,6 +10,7 @@ script's own check finds none. The "manager running" branch runs with a stand-in
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -18,6 +19,10 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.support.expected import tone
+from tests.support.pulse import Recorder, find_exact
+from tests.support.speechd import SpeechDispatcher, speechd_available
 
 REPO = Path(__file__).resolve().parent.parent
 INSTALL = REPO / "install.sh"
@@ -33,7 +38,9 @@ exit 0
 """
 
 
-def install_env(home: Path, path_prefix: Path | None = None) -> dict[str, str]:
+def install_env(
+    home: Path, path_prefix: Path | None = None, extra: dict[str, str] | None = None
+) -> dict[str, str]:
     runtime = home / "runtime"
     runtime.mkdir(parents=True, exist_ok=True)
     env = {
@@ -50,13 +57,16 @@ def install_env(home: Path, path_prefix: Path | None = None) -> dict[str, str]:
     )
     if path_prefix is not None:
         env["PATH"] = f"{path_prefix}:{env['PATH']}"
+    env.update(extra or {})
     return env
 
 
-def run_install(home: Path, *args: str, path_prefix: Path | None = None) -> str:
+def run_install(
+    home: Path, *args: str, path_prefix: Path | None = None, env: dict[str, str] | None = None
+) -> str:
     result = subprocess.run(
         ["sh", str(INSTALL), "--python", sys.executable, *args],
-        env=install_env(home, path_prefix),
+        env=install_env(home, path_prefix, env),
         capture_output=True,
         text=True,
         timeout=540,
@@ -190,3 +200,97 @@ def test_bad_option_is_refused(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert "unknown option: --frobnicate" in result.stderr
+
+
+# --- install.sh --speechd ---------------------------------------------------------------
+
+ADDED = "# Added by ttsd install.sh (install.sh --uninstall removes the next line)"
+#: A system speechd.conf like Debian's: no AddModule, so modules are discovered.
+DISCOVERING = 'LogLevel 3\nDefaultVolume 100\nInclude "clients/*.conf"\n'
+
+
+def test_speechd_module_found_by_discovery_then_default_then_removed(
+    tmp_path: Path, start_daemon, recorder: Recorder
+) -> None:
+    """Speech Dispatcher's config loads no module explicitly: the module is linked
+    where Speech Dispatcher discovers modules, no AddModule line is added (one would
+    turn discovery off, losing every other module). ``--speechd-default`` needs the
+    user's speechd.conf: it is created from the system one, with one line added.
+    A real speech-dispatcher reading that HOME then speaks through ttsd."""
+    home = tmp_path / "home"
+    system = tmp_path / "etc/speech-dispatcher/speechd.conf"
+    system.parent.mkdir(parents=True)
+    system.write_text(DISCOVERING)
+    env = {"TTSD_SPEECHD_SYSTEM_CONF": str(system)}
+    venv = home / ".local/share/ttsd/venv"
+    conf_dir = home / ".config/speech-dispatcher"
+    link = home / ".local/libexec/speech-dispatcher-modules/sd_ttsd"
+
+    output = run_install(home, "--without-chatterbox", "--speechd-default", env=env)
+    assert "no AddModule line needed" in output
+    assert link.is_symlink() and os.readlink(link) == str(venv / "bin/sd_ttsd")
+    module_conf = (conf_dir / "modules/ttsd.conf").read_text()
+    assert module_conf.startswith("# Installed by ttsd install.sh\n")
+    assert module_conf.endswith((REPO / "speechd/ttsd.conf").read_text())
+    lines = (conf_dir / "speechd.conf").read_text().splitlines()
+    copied = f'LogLevel 3\nDefaultVolume 100\nInclude "{system.parent}/clients/*.conf"\n'
+    digest = hashlib.sha256(copied.encode()).hexdigest()
+    assert lines == [
+        f"# Created by ttsd install.sh from {system} (sha256 {digest})",
+        *copied.splitlines(),
+        ADDED,
+        'DefaultModule "ttsd"',
+    ]
+
+    if speechd_available():
+        daemon = start_daemon()  # the tone engine; the module finds it through TTS_PORT
+        server = SpeechDispatcher(
+            tmp_path / "speechd", None, home=home, env={"TTS_PORT": str(daemon.port)}
+        )
+        try:
+            server.start()
+            server.say("-w", "Hello from the installed module.")
+        finally:
+            server.stop()
+        recorder.wait_for_silence(0.2)
+        assert find_exact(recorder.samples(), tone("Hello from the installed module.")) is not None
+
+    run_install(home, "--uninstall", env=env)
+    assert not os.path.lexists(link) and not link.parent.exists()
+    assert not conf_dir.exists(), "install.sh created that directory: all of it must go"
+
+
+def test_speechd_module_added_to_explicit_modules_and_removed_exactly(tmp_path: Path) -> None:
+    """A speechd.conf with AddModule lines discovers nothing: the module is added with
+    its own AddModule line. Running again does not add it twice; --uninstall restores
+    the file byte for byte and keeps a ttsd.conf install.sh did not write."""
+    home = tmp_path / "home"
+    conf_dir = home / ".config/speech-dispatcher"
+    (conf_dir / "modules").mkdir(parents=True)
+    mine = (
+        "# my own config\n"
+        'AddModule "espeak-ng" "sd_espeak-ng" "espeak-ng.conf"\n'
+        "DefaultModule espeak-ng\n"
+    )
+    (conf_dir / "speechd.conf").write_text(mine)
+    my_module_conf = "TtsdPort 12345\n"
+    (conf_dir / "modules/ttsd.conf").write_text(my_module_conf)
+    env = {"TTSD_SPEECHD_SYSTEM_CONF": str(tmp_path / "absent.conf")}
+    sd_ttsd = home / ".local/share/ttsd/venv/bin/sd_ttsd"
+    add = f'AddModule "ttsd" "{sd_ttsd}" "ttsd.conf"'
+
+    output = run_install(home, "--without-chatterbox", "--speechd", env=env)
+    assert f"keeping {conf_dir}/modules/ttsd.conf" in output
+    assert (conf_dir / "speechd.conf").read_text() == f"{mine}{ADDED}\n{add}\n"
+    version = subprocess.run([sd_ttsd, "--version"], capture_output=True, text=True, check=True)
+    assert version.stdout.startswith("sd_ttsd ")
+
+    run_install(home, "--without-chatterbox", "--speechd-default", env=env)
+    assert (conf_dir / "speechd.conf").read_text() == (
+        f'{mine}{ADDED}\n{add}\n{ADDED}\nDefaultModule "ttsd"\n'
+    )
+
+    run_install(home, "--uninstall", env=env)
+    assert (conf_dir / "speechd.conf").read_text() == mine
+    assert (conf_dir / "modules/ttsd.conf").read_text() == my_module_conf
+    assert not os.path.lexists(home / ".local/libexec/speech-dispatcher-modules/sd_ttsd")

@@ -1,0 +1,1 @@
+"""Bridges from other speech interfaces to the ttsd daemon."""

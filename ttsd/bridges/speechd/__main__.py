@@ -1,0 +1,3 @@
+from ttsd.bridges.speechd.module import main
+
+raise SystemExit(main())
