@@ -297,3 +297,21 @@ async def test_a_named_client_is_named_in_events_and_can_be_aborted_by_name(
         assert end.client == "build-bot"
         status = await client.status()
         assert status.current is None
+
+
+async def test_a_paused_daemon_with_jobs_never_exits_idle(start_daemon) -> None:
+    daemon = start_daemon({"engine": "tone", "idle_exit": 0.3, "tone": {"ms_per_char": 20.0}})
+    async with await Client.connect("127.0.0.1", daemon.port) as client:
+        await client.pause()
+        job = (await client.speak("Waiting for resume.")).job
+    # No client and no sound for many idle periods: a paused job still keeps it up.
+    # (Showing that something does not happen takes waiting; the process is watched.)
+    deadline = asyncio.get_running_loop().time() + 2.0
+    while asyncio.get_running_loop().time() < deadline:
+        assert daemon.process is not None and daemon.process.poll() is None, daemon.log
+        await asyncio.sleep(0.05)
+    async with await Client.connect("127.0.0.1", daemon.port) as client:
+        await client.resume()
+        assert isinstance(await client.wait_for_job(job, timeout=30), protocol.Finished)
+    # Idle again, now truly: it exits, cleanly.
+    assert await asyncio.to_thread(daemon.wait, 10) == 0
