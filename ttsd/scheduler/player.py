@@ -288,6 +288,14 @@ class Player:
         timing.listener.started(timing.job)
         timing.start()
 
+    def played_samples(self, job: Job) -> int:
+        """Samples of ``job`` heard so far, its open stream included (``job.played_samples``
+        is only brought up to date when a stream closes)."""
+        stream = self.stream
+        if self.job is job and stream is not None:
+            return job.played_samples + min(stream.played(), stream.written)
+        return job.played_samples
+
     def stop(self) -> None:
         """Kill the open stream, if any (shutdown)."""
         if self.stream is not None:

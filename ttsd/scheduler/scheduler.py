@@ -369,6 +369,7 @@ class Scheduler:
     ) -> bool:
         """The only way a job ends: the queue's transition, then exactly one event."""
         was_playing = self.queue.playing is job
+        heard = self.player.played_samples(job)  # before its stream is killed
         if not self.queue.end(job, outcome):
             return False
         if was_playing:
@@ -376,7 +377,7 @@ class Scheduler:
         job.ended = time.monotonic()
         job.end_reason = reason
         rate = self.host.sample_rate if self.host.ready else 0
-        audio_seconds = job.played_samples / rate if rate else 0.0
+        audio_seconds = heard / rate if rate else 0.0
         elapsed = job.ended - job.created
         detail = reason or (f"{code}: {message}" if code else "")
         level = logging.WARNING if outcome is Outcome.FAILED else logging.INFO
