@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from ttsd.audio.output import AudioOutput, AudioStream, AudioUnavailable, PlaybackError
+from ttsd.engines import EngineError
 from ttsd.errors import Code
 from ttsd.scheduler.jobs import Job, Piece
 
@@ -190,12 +191,16 @@ class Player:
             # pacat starts while the first audio is still being made: it is ready by then.
             await stream.start()
             announcer = asyncio.create_task(self._announce(timing))
+            failure: EngineError | None = None
             try:
                 await self._or_pause(feed.wait_ready(job))
                 while True:
                     try:
                         piece = await self._next_or_pause(job, feed)
                     except _EndOfAudio:
+                        break
+                    except EngineError as exc:  # after the last good piece: play it out
+                        failure = exc
                         break
                     timing.add(stream.written, piece)
                     if len(piece.pcm):
@@ -204,6 +209,8 @@ class Player:
                 drained = True
             finally:
                 announcer.cancel()
+            if failure is not None:
+                raise failure
         except PlaybackError:
             if self._pause_requested.is_set() and stream.written:
                 raise _Pause() from None
