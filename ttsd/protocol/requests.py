@@ -347,7 +347,7 @@ def parse_request(
         return Speak(
             id=request_id,
             text=text(),
-            voice=fields.string("voice", code=Code.BAD_OPTION),
+            voice=fields.string("voice"),
             volume=fields.volume(),
             options=fields.options(),
             cancel_on_disconnect=fields.boolean("cancel_on_disconnect"),
@@ -360,7 +360,7 @@ def parse_request(
         return Synthesize(
             id=request_id,
             text=text(),
-            voice=fields.string("voice", code=Code.BAD_OPTION),
+            voice=fields.string("voice"),
             options=fields.options(),
             stream=fields.boolean("stream"),
             format=fields.choice("format", FORMATS),
@@ -390,7 +390,7 @@ def parse_request(
         return Identify(
             id=request_id,
             name=name,
-            voice=fields.string("voice", code=Code.BAD_OPTION),
+            voice=fields.string("voice"),
             priority=fields.choice("priority", PRIORITIES),
             volume=fields.volume(),
         )
