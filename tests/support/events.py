@@ -59,6 +59,45 @@ def job_story(
     return end
 
 
+async def raw_reply(client: Client, frame: str | bytes, timeout: float = 5.0) -> protocol.Message:
+    """The reply to a frame sent as is: the first message after it that is not an event,
+    a ``queued`` counting as the reply (only this client speaks meanwhile). A reply
+    whose ``id`` the client did not send is only in :attr:`Client.messages`."""
+    before = len(client.messages)
+    await client.send_raw(frame)
+    deadline = time.monotonic() + timeout
+    while True:
+        for _, message in client.messages[before:]:
+            if isinstance(message, protocol.Queued) or not is_event(message):
+                return message
+        assert time.monotonic() < deadline, f"no reply to {frame[:80]!r}"
+        await asyncio.sleep(0.005)
+
+
+#: Messages the daemon sends to every client, never as a reply.
+EVENTS = (
+    protocol.Started,
+    protocol.Sentence,
+    protocol.Postponed,
+    protocol.Continued,
+    protocol.Finished,
+    protocol.Aborted,
+    protocol.JobError,
+    protocol.Paused,
+    protocol.Resumed,
+    protocol.EngineState,
+    protocol.AudioState,
+)
+
+
+def is_event(message: protocol.Message) -> bool:
+    """True for an event: a message every client gets, or a ``queued`` without ``id``
+    (which is also how the client that spoke without an ``id`` is answered)."""
+    if isinstance(message, protocol.Queued):
+        return message.id is None
+    return isinstance(message, EVENTS)
+
+
 async def wait_for_event(
     client: Client,
     kind: type[M],
