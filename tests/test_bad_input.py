@@ -134,7 +134,7 @@ async def check_malformed(client: Client, recorder: Recorder) -> None:
 def test_invalid_utf8_closes_only_that_connection_with_1007(daemon) -> None:
     raw = RawSocket(daemon.port)
     assert raw.handshake()[0] == 101
-    assert raw.read_json()["type"] == "hello"
+    assert isinstance(protocol.from_json(raw.read_json()), protocol.Hello)
     raw.send_frame(TEXT, b'{"type": "speak", "text": "\xff\xfe bad"}')
     assert raw.read_close() == 1007
     raw.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 
 import pytest
 
@@ -56,20 +55,6 @@ async def test_terminate_aborts_everything_closes_1001_and_exits_0(
     assert daemon.wait(10) == 0
     recorder.wait_for_silence(0.3, timeout=5)
     assert pacat_children(daemon.pid) == []
-
-
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-async def test_signals_stop_cleanly_with_exit_0(
-    daemon: Daemon, recorder: Recorder, signum: int
-) -> None:
-    async with await Client.connect("127.0.0.1", daemon.port) as client:
-        job = (await client.speak(LONG)).job
-        await wait_started(client, job)
-        daemon.signal(signum)
-        end = await client.wait_for_job(job, timeout=5)
-        assert isinstance(end, protocol.Aborted) and end.reason == "terminate"
-    assert daemon.wait(10) == 0
-    assert "Traceback" not in daemon.log
 
 
 def refused(start_daemon, settings=None, args=(), env=None) -> DaemonExited:

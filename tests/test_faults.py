@@ -168,11 +168,21 @@ async def test_two_hundred_clients_all_receive_every_event(start_daemon) -> None
             for job, text in jobs.items():
                 assert kinds(client, job) == ["queued", "started", "sentence", "finished"]
                 job_story(client, job, text)
+                # The same wire objects everywhere (the speaker's queued had an id).
+                wire = [
+                    {k: v for k, v in m.to_json().items() if k != "id"}
+                    for m in client.job_events(job)
+                ]
+                expected = [
+                    {k: v for k, v in m.to_json().items() if k != "id"}
+                    for m in clients[0].job_events(job)
+                ]
+                assert wire == expected
     finally:
         await asyncio.gather(*(c.close() for c in clients))
 
 
-@pytest.mark.parametrize("how", ["terminate", "sigterm"])
+@pytest.mark.parametrize("how", ["terminate", "sigterm", "sigint"])
 @pytest.mark.parametrize("phase", ["generation", "playback"])
 async def test_stopping_mid_job_exits_0_sends_stopping_and_leaves_no_pacat(
     start_daemon, recorder: Recorder, tmp_path: Path, how: str, phase: str
@@ -188,7 +198,7 @@ async def test_stopping_mid_job_exits_0_sends_stopping_and_leaves_no_pacat(
     lines = daemon.notify.lines()
     assert lines.count("READY=1") == 1 and lines.count("STOPPING=1") == 1, lines
     assert lines.index("READY=1") < lines.index("STOPPING=1")
-    reason = "terminate" if how == "terminate" else "SIGTERM"
+    reason = "terminate" if how == "terminate" else how.upper()
     assert lines[-2:] == ["STOPPING=1", f"STATUS=stopping ({reason})"], lines
 
 
@@ -211,7 +221,7 @@ async def _stop_mid_job(daemon: Daemon, recorder: Recorder, how: str, phase: str
             reply = await client.request("terminate")
             assert isinstance(reply, protocol.Ok) and reply.aborted == [job]
         else:
-            daemon.signal(signal.SIGTERM)
+            daemon.signal(signal.SIGTERM if how == "sigterm" else signal.SIGINT)
         end = await client.wait_for_job(job, timeout=10)
         assert isinstance(end, protocol.Aborted) and end.reason == "terminate"
         assert job_story(client, job, text) == end
