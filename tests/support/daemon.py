@@ -4,8 +4,8 @@ for every test that starts a daemon.
 A :class:`Daemon` gets its own home (config file, runtime directory, token file) and
 is started in one of these ways:
 
-* binding its own port (the default): it writes ``port = 0`` and reads the port
-  from the ``listening on port N`` line;
+* binding its own port (the default): its config says ``port = 0`` (see
+  :data:`DEFAULTS`) and the port is read from the ``listening on port N`` line;
 * socket-activated (``activate="127.0.0.1"``): ``systemd-socket-activate`` holds the
   listening socket on a free port and execs the daemon on the first connection, so
   the child's pid is the daemon's;
@@ -62,6 +62,13 @@ def write_config(path: Path, settings: dict[str, Any]) -> Path:
     return path
 
 
+#: Settings every test daemon gets unless the test gives its own. ``latency_ms`` is the
+#: audio pacat keeps in the sound server: the daemon's default (250 ms) is less than a
+#: busy 2-core machine can keep pacat off the CPU, and the silence that such an underrun
+#: inserts would fail the exact recording checks for a reason that is not the daemon's.
+DEFAULTS: dict[str, Any] = {"port": 0, "latency_ms": 1000}
+
+
 class DaemonExited(RuntimeError):
     """The daemon exited before it served (bad settings, a refused address...)."""
 
@@ -113,7 +120,7 @@ class Daemon:
 
     def env(self) -> dict[str, str]:
         self.home.mkdir(parents=True, exist_ok=True)
-        config = write_config(self.config_path, {"port": 0, **self.settings})
+        config = write_config(self.config_path, {**DEFAULTS, **self.settings})
         own = {
             "HOME": str(self.home),
             "XDG_CONFIG_HOME": str(self.home / "config"),
