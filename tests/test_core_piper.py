@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import time
+import re
 
 import numpy as np
 import pytest
@@ -38,13 +38,9 @@ def piper() -> PiperEngine:
 async def test_piper_speech_is_recorded_exactly(
     start_daemon, recorder: Recorder, piper: PiperEngine
 ) -> None:
-    daemon = start_daemon({"engine": "piper"})
+    daemon = start_daemon({"engine": "piper", "log_level": "debug"})
     async with await Client.connect("127.0.0.1", daemon.port) as client:
         assert client.hello.engine["name"] == "piper"
-        # Timed from a loaded model: loading (1-2 s) is the engine's, not the scheduler's.
-        if client.hello.engine["state"] != "ready":
-            await wait_for_event(client, protocol.EngineState, lambda m: m.info["state"] == "ready")
-        sent = time.monotonic()
         job = (await client.speak(TEXT, options=EXACT)).job
         end = await client.wait_for_job(job, timeout=30)
         assert isinstance(end, protocol.Finished)
@@ -60,9 +56,11 @@ async def test_piper_speech_is_recorded_exactly(
     start = find_exact(recorded, expected)
     assert start is not None, "Piper's audio was not recorded sample for sample"
     assert end.audio_seconds == round(len(expected) / piper.sample_rate, 3)
-    speech = first_audible(recorded)
-    # Speech starts once the first sentence is made (~0.4 s), not all three (~1.5 s).
-    assert speech is not None and recorder.time_of(speech) - sent < 1.0
+    # Speech started once the first sentence was made, before the last one was (the
+    # daemon's own order of events: a time limit would measure the machine's load).
+    started = next(i for i, line in enumerate(daemon.lines) if f"job {job} started" in line)
+    made = [i for i, line in enumerate(daemon.lines) if re.search(rf"job {job} chunk \d/3:", line)]
+    assert len(made) == 3 and started < made[2], daemon.log
 
 
 async def test_stream_is_labelled_and_per_job_volume_applies(
