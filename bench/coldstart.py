@@ -20,6 +20,7 @@ from bench.audio import BenchError, BenchRecorder
 from bench.systems import EXACT, TTSD_SETTINGS
 from tests.support.daemon import write_config
 from tests.support.pulse import PulseServer
+from ttsd import protocol
 from ttsd.client import Client
 
 PASSED = ("PULSE_SERVER", "PULSE_COOKIE", "HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME")
@@ -76,7 +77,7 @@ async def ttsd_once(
             job = (await client.speak(text, options=EXACT)).job
             heard = await recorder.first_sound(first, timeout=30)
             end = await client.wait_for_job(job, 60)
-            if end.TYPE != "finished":
+            if not isinstance(end, protocol.Finished):
                 raise BenchError(f"cold-start job ended with {end}")
             with contextlib.suppress(Exception):
                 await client.request("terminate")

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.support.daemon import Daemon
+from tests.support.net import free_port
 from tests.support.pulse import PulseServer, Recorder
 from ttsd.client import Client
 
@@ -36,19 +37,28 @@ def recorder(pulse: PulseServer) -> Iterator[Recorder]:
 
 @pytest.fixture
 def start_daemon(tmp_path: Path, pulse: PulseServer) -> Iterator[Callable[..., Daemon]]:
-    """Start a daemon: ``start_daemon(settings=None, env=None, pulse=...)``."""
+    """Start a daemon: ``start_daemon(settings=None, env=None, args=(), pulse=..., **how)``.
+
+    ``settings`` default to :data:`TONE`; ``pulse`` to the test's own PulseAudio (the
+    ``pulse`` fixture; ``None``: no sound server).
+    ``how`` are :class:`Daemon`'s ways to start (``activate``, ``inherit``, ``wrap``,
+    ``notify``, ``journal_stream``) and ``wait=False`` (return without waiting until
+    it serves). Every daemon is stopped after the test.
+    """
     daemons: list[Daemon] = []
 
     def start(
         settings: dict[str, Any] | None = None,
         env: dict[str, str] | None = None,
         args: tuple[str, ...] = (),
-        **kwargs: Any,
+        pulse: PulseServer | None = pulse,
+        wait: bool = True,
+        **how: Any,
     ) -> Daemon:
         home = tmp_path / f"daemon{len(daemons)}"
-        daemon = Daemon(home, kwargs.get("pulse", pulse), settings or TONE, env)
+        daemon = Daemon(home, pulse, TONE if settings is None else settings, env, **how)
         daemons.append(daemon)
-        return daemon.start(args=args)
+        return daemon.start(args=args, wait=wait)
 
     yield start
     for daemon in daemons:
@@ -65,6 +75,12 @@ def daemon(start_daemon: Callable[..., Daemon]) -> Daemon:
 async def client(daemon: Daemon) -> AsyncIterator[Client]:
     async with await Client.connect("127.0.0.1", daemon.port) as c:
         yield c
+
+
+@pytest.fixture
+def unused_port() -> int:
+    """A port where no daemon answers."""
+    return free_port()
 
 
 def pytest_configure(config: pytest.Config) -> None:

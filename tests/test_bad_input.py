@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
@@ -11,9 +10,11 @@ from hypothesis import strategies as st
 from websockets.sync.client import connect
 
 from tests.conftest import TONE
+from tests.support.events import is_event, raw_reply
 from tests.support.expected import played_start as played
 from tests.support.pulse import Recorder
 from tests.wsraw import BINARY, TEXT, RawSocket
+from ttsd import protocol
 from ttsd.client import Client
 from ttsd.engines.tone import ToneEngine
 
@@ -24,6 +25,7 @@ TOO_DEEP = '{"a":' * 50000 + "1" + "}" * 50000
 MALFORMED: list[tuple[str, str]] = [
     ("this is not json", "bad_json"),
     ("{'type': 'ping'}", "bad_json"),
+    ('{"type": "speak", "text": NaN}', "bad_json"),
     ('{"type": "ping"', "bad_json"),
     ("", "bad_json"),
     ("[1, 2, 3]", "bad_request"),
@@ -31,9 +33,11 @@ MALFORMED: list[tuple[str, str]] = [
     ("42", "bad_request"),
     ("null", "bad_request"),
     ("{}", "bad_request"),
+    ('{"text": "no type"}', "bad_request"),
     ('{"type": 5}', "bad_request"),
     ('{"type": null}', "bad_request"),
     ('{"type": "sing", "id": 1}', "unknown_type"),
+    ('{"type": "speak", "text": 5, "id": "t"}', "bad_request"),
     ('{"type": "speak", "text": "hi", "colour": "red"}', "bad_request"),
     ('{"type": "ping", "extra": 1}', "bad_request"),
     ('{"type": "speak"}', "bad_request"),
@@ -46,10 +50,12 @@ MALFORMED: list[tuple[str, str]] = [
     ('{"type": "speak", "text": "esc\\u001b[31m"}', "bad_request"),
     ('{"type": "speak", "text": "c1\\u0085"}', "bad_request"),
     ('{"type": "speak", "text": "lone \\ud800 surrogate"}', "bad_request"),
+    ('{"type": "speak", "text": "abc\\ud800def", "id": 8}', "bad_request"),
     ('{"type": "ping", "id": "\\udfff"}', "bad_request"),
     ('{"type": "speak", "text": "hi", "voice": 7}', "bad_request"),
     ('{"type": "speak", "text": "hi", "voice": ""}', "bad_request"),
     ('{"type": "speak", "text": "hi", "volume": "loud"}', "bad_option"),
+    ('{"type": "speak", "text": "hi", "volume": 3}', "bad_option"),
     ('{"type": "speak", "text": "hi", "volume": true}', "bad_option"),
     ('{"type": "speak", "text": "hi", "volume": 1e999}', "bad_option"),
     ('{"type": "speak", "text": "hi", "volume": -1e308}', "bad_option"),
@@ -58,6 +64,14 @@ MALFORMED: list[tuple[str, str]] = [
     ('{"type": "speak", "text": "hi", "options": []}', "bad_option"),
     ('{"type": "speak", "text": "hi", "options": {"frequency": 1e300}}', "bad_option"),
     ('{"type": "speak", "text": "hi", "options": {"x": {"y": [1, {"z": null}]}}}', "bad_option"),
+    ('{"type": "speak", "text": "hi", "options": {"pitch": 2}}', "bad_option"),
+    ('{"type": "speak", "text": "hi", "priority": "urgent"}', "bad_option"),
+    ('{"type": "speak", "text": "hi", "resume": true}', "bad_option"),
+    ('{"type": "speak", "text": "hi", "format": "html"}', "bad_option"),
+    ('{"type": "abort"}', "bad_request"),
+    ('{"type": "abort", "job": 1, "client": "x"}', "bad_request"),
+    ('{"type": "identify"}', "bad_request"),
+    ('{"type": "identify", "name": "bell\\u0007"}', "bad_request"),
     ('{"type": "speak", "text": "hi", "cancel_on_disconnect": "yes"}', "bad_request"),
     ('{"type": "abort", "job": true}', "bad_request"),
     ('{"type": "abort", "job": "1"}', "bad_request"),
@@ -65,7 +79,7 @@ MALFORMED: list[tuple[str, str]] = [
     ('{"type": "abort", "job": 1.5}', "bad_request"),
     ('{"type": "abort", "job": 100000000000000000000000000000}', "bad_request"),
     ('{"type": "abort", "job": ' + "9" * 5000 + "}", "bad_json"),
-    ('{"type": "abort", "job": 999999}', "unknown_job"),
+    ('{"type": "abort", "job": 999999, "id": 7}', "unknown_job"),
     ('{"type": "ping", "id": {"nested": true}}', "bad_request"),
     ('{"type": "ping", "id": [1]}', "bad_request"),
     ('{"type": "ping", "id": 1e400}', "bad_request"),
@@ -86,23 +100,32 @@ async def test_every_malformed_request_gets_its_error_and_the_connection_stays_u
         await check_malformed(client, recorder)
 
 
+#: The id each error reply must echo: the frame's own, when it was a usable one.
+ECHOED = {
+    '{"type": "sing", "id": 1}': 1,
+    '{"type": "speak", "text": 5, "id": "t"}': "t",
+    '{"type": "speak", "text": "abc\\ud800def", "id": 8}': 8,
+    '{"type": "abort", "job": 999999, "id": 7}': 7,
+}
+
+
 async def check_malformed(client: Client, recorder: Recorder) -> None:
     for frame, code in MALFORMED:
-        await client.send_raw(frame)
-        reply = await client.next_event(timeout=5)
-        assert reply["type"] == "error", (frame[:80], reply)
-        assert reply["code"] == code, (frame[:80], reply)
-        assert "job" not in reply and reply["message"]
-        assert (await client.request("ping"))["type"] == "pong"
-    await client.send_raw(b'{"type": "ping"}')
-    reply = await client.next_event(timeout=5)
-    assert reply["code"] == "bad_request" and "binary" in reply["message"]
+        reply = await raw_reply(client, frame)
+        assert isinstance(reply, protocol.ErrorReply), (frame[:80], reply)
+        assert reply.code == code, (frame[:80], reply)
+        assert reply.message and "job" not in reply.to_json()
+        assert reply.id == ECHOED.get(frame), (frame[:80], reply)
+        assert isinstance(await client.ping(), protocol.Pong)
+    reply = await raw_reply(client, b'{"type": "ping"}')
+    assert isinstance(reply, protocol.ErrorReply)
+    assert reply.code == "bad_request" and "binary" in reply.message
 
     # Nothing malformed was queued; a good request still speaks.
-    status = await client.request("status")
-    assert status["current"] is None and status["queue"] == []
-    job = (await client.speak("Still here."))["job"]
-    assert (await client.wait_for_job(job, timeout=10))["type"] == "finished"
+    status = await client.status()
+    assert status.current is None and status.queue == []
+    job = (await client.speak("Still here.")).job
+    assert isinstance(await client.wait_for_job(job, timeout=10), protocol.Finished)
     recorder.wait_for_silence(0.2)
     expected = ToneEngine(ms_per_char=20.0).synthesize("Still here.", None, {})
     assert played(recorder.samples(), expected, recorder.rate)
@@ -111,7 +134,7 @@ async def check_malformed(client: Client, recorder: Recorder) -> None:
 def test_invalid_utf8_closes_only_that_connection_with_1007(daemon) -> None:
     raw = RawSocket(daemon.port)
     assert raw.handshake()[0] == 101
-    assert raw.read_json()["type"] == "hello"
+    assert isinstance(protocol.from_json(raw.read_json()), protocol.Hello)
     raw.send_frame(TEXT, b'{"type": "speak", "text": "\xff\xfe bad"}')
     assert raw.read_close() == 1007
     raw.close()
@@ -134,9 +157,10 @@ def test_invalid_utf8_closes_only_that_connection_with_1007(daemon) -> None:
     raw.handshake()
     raw.read_json()
     raw.send_frame(BINARY, b"\x00\x01\x02")
-    assert raw.read_json()["code"] == "bad_request"
+    reply = protocol.from_json(raw.read_json())
+    assert isinstance(reply, protocol.ErrorReply) and reply.code == "bad_request"
     raw.send_json({"type": "ping", "id": 9})
-    assert raw.read_json() == {"type": "pong", "id": 9}
+    assert raw.read_json() == protocol.Pong(id=9).to_json()
     raw.close()
 
 
@@ -156,11 +180,27 @@ json_value = st.recursive(
     ),
     max_leaves=12,
 )
-request_type = st.sampled_from(
-    ["speak", "abort_current", "abort_all", "abort", "status", "voices", "ping", "auth"]
-) | st.text(max_size=12).filter(lambda t: t not in ("terminate", "synthesize"))
+#: Requests that would change what the rest of the test hears are left out.
+UNSENT = ("terminate", "synthesize", "pause")
+request_type = st.sampled_from([t for t in protocol.REQUEST_TYPES if t not in UNSENT]) | st.text(
+    max_size=12
+).filter(lambda t: t not in UNSENT)
 field_name = st.sampled_from(
-    ["text", "voice", "volume", "options", "job", "token", "cancel_on_disconnect"]
+    [
+        "text",
+        "voice",
+        "volume",
+        "options",
+        "job",
+        "client",
+        "token",
+        "cancel_on_disconnect",
+        "priority",
+        "key",
+        "resume",
+        "format",
+        "name",
+    ]
 ) | st.text(max_size=8).filter(lambda k: k not in ("type", "id"))
 request = st.builds(
     lambda kind, fields: {**fields, "type": kind},
@@ -173,22 +213,13 @@ frame = st.one_of(
     st.text(max_size=60),
 )
 
-BROADCAST = {"queued", "started", "finished", "aborted", "engine"}
-
-
-def is_event(message: dict[str, Any]) -> bool:
-    """Broadcast events (not replies): they carry no id and are about jobs or the engine."""
-    if "id" in message:
-        return False
-    return message.get("type") in BROADCAST or (message.get("type") == "error" and "job" in message)
-
 
 def test_random_requests_never_break_the_daemon(start_daemon, recorder: Recorder) -> None:
     daemon = start_daemon(
         {**TONE, "max_requests_per_second": 100000, "max_queue_per_client": 1000, "max_queue": 1000}
     )
     with connect(f"ws://127.0.0.1:{daemon.port}", compression=None) as ws:
-        assert json.loads(ws.recv(5))["type"] == "hello"
+        assert isinstance(protocol.decode(ws.recv(5)), protocol.Hello)
         probes = iter(range(10**9))
 
         @settings(
@@ -203,19 +234,21 @@ def test_random_requests_never_break_the_daemon(start_daemon, recorder: Recorder
             ws.send(json.dumps({"type": "ping", "id": probe}))
             replies = []
             while True:
-                message = json.loads(ws.recv(5))
+                message = protocol.decode(ws.recv(5))
                 if message.get("id") == probe:
                     break
-                if not is_event(message):
+                # This is the only client: a queued without id answers its own speak.
+                if isinstance(message, protocol.Queued) or not is_event(message):
                     replies.append(message)
-            assert message["type"] == "pong"
+            assert isinstance(message, protocol.Pong)
             assert len(replies) == 1, (text, replies)
-            if replies[0]["type"] == "error":
-                assert isinstance(replies[0]["code"], str) and replies[0]["message"]
+            assert not isinstance(replies[0], protocol.Unknown), replies
+            if isinstance(replies[0], protocol.ErrorReply):
+                assert replies[0].code in {c.value for c in protocol.Code} and replies[0].message
 
         one_frame()
         ws.send(json.dumps({"type": "abort_all", "id": "end"}))
-        while json.loads(ws.recv(5)).get("id") != "end":
+        while protocol.decode(ws.recv(5)).get("id") != "end":
             pass
 
     # Still alive and still speaking, sample for sample.
@@ -223,15 +256,15 @@ def test_random_requests_never_break_the_daemon(start_daemon, recorder: Recorder
     recorder.wait_for_silence(0.3)
     with connect(f"ws://127.0.0.1:{daemon.port}", compression=None) as ws:
         ws.recv(5)
-        ws.send(
-            json.dumps({"type": "speak", "text": "After the storm.", "options": {"frequency": 660}})
-        )
-        job = json.loads(ws.recv(5))["job"]
+        speak = protocol.Speak(text="After the storm.", options={"frequency": 660}, id=1)
+        ws.send(protocol.encode(speak))
+        queued = protocol.decode(ws.recv(5))
+        assert isinstance(queued, protocol.Queued)
         while not (
-            (m := json.loads(ws.recv(10))).get("job") == job and m["type"] in ("finished", "error")
+            isinstance(m := protocol.decode(ws.recv(10)), protocol.TERMINAL) and m.job == queued.job
         ):
             pass
-    assert m["type"] == "finished"
+    assert isinstance(m, protocol.Finished)
     recorder.wait_for_silence(0.2)
     expected = ToneEngine(ms_per_char=20.0).synthesize("After the storm.", None, {"frequency": 660})
     assert played(recorder.samples(), np.asarray(expected), recorder.rate)

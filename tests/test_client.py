@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import time
 
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
 from tests.support.daemon import Daemon
+from tests.support.events import job_story, kinds
+from ttsd import protocol
 from ttsd.client import (
     Client,
     ClientError,
@@ -21,13 +22,6 @@ from ttsd.client import (
 )
 
 LONG = " ".join(["This sentence keeps the tone engine busy for a while."] * 8)
-
-
-@pytest.fixture
-def unused_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_no_daemon_raises_daemon_not_running_with_a_hint(unused_port: int) -> None:
@@ -44,31 +38,36 @@ async def test_connect_retries_until_a_starting_daemon_answers(
     start_daemon, unused_port: int
 ) -> None:
     connecting = asyncio.create_task(Client.connect("127.0.0.1", unused_port, retry_for=20))
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.5)  # several attempts, all refused (nothing to wait for but time)
     assert not connecting.done()  # refused so far, still retrying
     await asyncio.to_thread(start_daemon, {"engine": "tone", "port": unused_port})
     async with await asyncio.wait_for(connecting, 20) as client:
-        assert client.hello["type"] == "hello" and client.hello["protocol"] == 1
-        assert (await client.status())["type"] == "status"
+        assert isinstance(client.hello, protocol.Hello) and client.hello.protocol == 1
+        assert isinstance(await client.status(), protocol.StatusReply)
 
 
 async def test_error_replies_raise_request_failed_with_the_code(client: Client) -> None:
     cases = [
-        (client.request("no_such_request"), "unknown_type"),
-        (client.speak("   "), "bad_request"),
-        (client.speak("Hi.", options={"pitch": 2}), "bad_option"),
-        (client.speak("Hi.", volume=3), "bad_option"),
-        (client.abort(999), "unknown_job"),
-        (client.synthesize("Hi.", options={"pitch": 2}), "bad_option"),
+        (lambda: client.speak("   "), "bad_request"),
+        (lambda: client.speak("Hi.", options={"pitch": 2}), "bad_option"),
+        (lambda: client.speak("Hi.", volume=3), "bad_option"),
+        (lambda: client.abort(999), "unknown_job"),
+        (lambda: client.synthesize("Hi.", options={"pitch": 2}), "bad_option"),
+        (lambda: client.request("speak", text="Hi.", priority="urgent"), "bad_option"),
     ]
     for call, code in cases:
         with pytest.raises(RequestFailed) as caught:
-            await call
+            await call()
         assert caught.value.code == code
-        assert caught.value.reply["type"] == "error" and "id" in caught.value.reply
-        assert caught.value.message
+        reply = caught.value.reply
+        assert isinstance(reply, protocol.ErrorReply) and reply.id is not None
+        assert caught.value.message == reply.message and reply.message
+    # A request type the protocol does not have is refused by the client itself (the
+    # daemon's unknown_type reply is tested with raw frames in test_core_protocol).
+    with pytest.raises(ClientError, match="unknown request type 'no_such_request'"):
+        await client.request("no_such_request")
     # The connection is still good after every error.
-    assert (await client.request("ping"))["type"] == "pong"
+    assert isinstance(await client.ping(), protocol.Pong)
 
 
 async def test_request_timeout_is_a_timeout_error(start_daemon) -> None:
@@ -83,10 +82,10 @@ async def test_request_timeout_is_a_timeout_error(start_daemon) -> None:
 
 async def test_daemon_stopping_ends_jobs_then_closes_cleanly(daemon: Daemon) -> None:
     async with await Client.connect("127.0.0.1", daemon.port) as client:
-        job = (await client.speak(LONG))["job"]
+        job = (await client.speak(LONG)).job
         daemon.signal(signal.SIGTERM)
         end = await client.wait_for_job(job, timeout=10)
-        assert (end["type"], end["reason"]) == ("aborted", "terminate")
+        assert isinstance(end, protocol.Aborted) and end.reason == "terminate"
         with pytest.raises(ConnectionLost) as caught:
             await client.next_event(timeout=10)
         assert caught.value.close_code == 1001
@@ -100,7 +99,7 @@ async def test_daemon_dying_fails_requests_in_flight(start_daemon) -> None:
     daemon = start_daemon({"engine": "tone", "tone": {"ms_per_char": 20.0, "delay_ms": 5000.0}})
     async with await Client.connect("127.0.0.1", daemon.port) as client:
         pending = asyncio.create_task(client.synthesize("Never delivered.", timeout=30))
-        await asyncio.sleep(0.3)
+        await asyncio.to_thread(daemon.wait_for_line, "job 1 synthesizing")
         assert not pending.done()
         daemon.signal(signal.SIGKILL)
         with pytest.raises(ConnectionLost) as caught:
@@ -113,7 +112,7 @@ async def test_reconnect_to_a_restarted_daemon(start_daemon, unused_port: int) -
     settings = {"engine": "tone", "port": unused_port}
     first = start_daemon(settings)
     async with await Client.connect("127.0.0.1", unused_port) as client:
-        before = (await client.speak("Before the restart."))["job"]
+        before = (await client.speak("Before the restart.")).job
         await client.wait_for_job(before, timeout=10)
         first.signal(signal.SIGKILL)
         first.wait()
@@ -127,13 +126,14 @@ async def test_reconnect_to_a_restarted_daemon(start_daemon, unused_port: int) -
         await restart
         assert client.reconnects == 1  # the failed attempt does not count
         assert not client.closed
-        after = (await client.speak("After the restart."))["job"]
-        assert (await client.wait_for_job(after, timeout=10))["type"] == "finished"
-        hellos = [m for _, m in client.messages if m["type"] == "hello"]
+        after = (await client.speak("After the restart.")).job
+        assert isinstance(await client.wait_for_job(after, timeout=10), protocol.Finished)
+        hellos = [m for _, m in client.messages if isinstance(m, protocol.Hello)]
         assert len(hellos) == 2  # one log across both connections
         # A restarted daemon numbers jobs from 1 again: only this connection counts.
         assert after == before == 1
-        assert [m["type"] for m in client.job_events(after)] == ["queued", "started", "finished"]
+        assert kinds(client, after) == ["queued", "started", "sentence", "finished"]
+        job_story(client, after, "After the restart.")
 
 
 async def test_a_server_that_breaks_the_protocol_is_dropped() -> None:
@@ -156,7 +156,7 @@ async def test_a_server_that_breaks_the_protocol_is_dropped() -> None:
         port = server.sockets[0].getsockname()[1]
         async with await Client.connect("127.0.0.1", port) as client:
             with pytest.raises(ConnectionLost) as caught:
-                await client.request("status")
+                await client.status()
             assert "invalid message" in str(caught.value)
             assert caught.value.close_code == 1002
 
@@ -181,7 +181,7 @@ async def test_token_from_argument_or_environment(
     with pytest.raises(ClientError, match="refused our token"):
         await Client.connect("127.0.0.1", daemon.port, token="wrong-token-0123456789")
     async with await Client.connect("127.0.0.1", daemon.port, token=TOKEN) as client:
-        assert (await client.request("ping"))["type"] == "pong"
+        assert isinstance(await client.ping(), protocol.Pong)
     monkeypatch.setenv("TTS_TOKEN", TOKEN)
     async with await Client.connect("127.0.0.1", daemon.port) as client:
-        assert (await client.request("ping"))["type"] == "pong"
+        assert isinstance(await client.ping(), protocol.Pong)

@@ -17,8 +17,10 @@ from pathlib import Path
 import pytest
 
 from tests.support.daemon import Daemon
+from tests.support.events import wait_for_event
 from tests.support.expected import played_all, tone
 from tests.support.pulse import Recorder, first_audible, last_audible, sound_spans
+from ttsd import protocol
 from ttsd.client import Client
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -82,12 +84,12 @@ async def test_speak_with_piper_records_speech(start_daemon, recorder: Recorder)
     async with await Client.connect("127.0.0.1", daemon.port) as watcher:
         run = await example("speak.mjs", "Speech from the Node example.", port=daemon.port)
         assert run.code == 0, run.stderr
-        finished = next(m for _, m in watcher.messages if m.get("type") == "finished")
+        finished = next(m for _, m in watcher.messages if isinstance(m, protocol.Finished))
     spans = sound_spans(recorder.samples(), 0.5, recorder.rate)
     assert len(spans) == 1
     heard = (spans[0][1] - spans[0][0]) / recorder.rate
-    assert finished["audio_seconds"] > 1.0
-    assert heard == pytest.approx(finished["audio_seconds"], abs=0.3)
+    assert finished.audio_seconds > 1.0
+    assert heard == pytest.approx(finished.audio_seconds, abs=0.3)
 
 
 async def test_speak_reports_errors_and_aborts(start_daemon, recorder: Recorder) -> None:
@@ -101,9 +103,8 @@ async def test_speak_reports_errors_and_aborts(start_daemon, recorder: Recorder)
 
     async with await Client.connect("127.0.0.1", daemon.port) as client:
         process = await start_example("speak.mjs", "Long. " * 100, port=daemon.port)
-        while not any(m.get("type") == "started" for _, m in client.messages):
-            await client.next_event(timeout=15)
-        await client.abort_current()
+        started = await wait_for_event(client, protocol.Started, timeout=15)
+        assert await client.abort_current() == [started.job]
         _, stderr = await asyncio.wait_for(process.communicate(), 10)
     assert process.returncode == 3
     assert "aborted (abort_current)" in stderr.decode()
@@ -124,13 +125,16 @@ async def test_abort_demo_stops_the_speech_3_seconds_after_it_started(
 ) -> None:
     run = await example("abort-demo.mjs", port=daemon.port)
     assert run.code == 0, run.stderr
-    printed = [json.loads(line) for line in run.stdout.splitlines()]
-    job = printed[0]["job"]
-    kinds = [(m["type"], m.get("job")) for m in printed]
+    printed = [protocol.from_json(json.loads(line)) for line in run.stdout.splitlines()]
+    assert isinstance(printed[0], protocol.Queued)
+    job = printed[0].job
+    kinds = [(m.TYPE, m.get("job")) for m in printed]
     assert ("started", job) in kinds and ("aborted", job) in kinds
     assert ("ok", None) in kinds  # the reply to abort_current, printed too
-    aborted = next(m for m in printed if m["type"] == "aborted")
-    assert aborted["reason"] == "abort_current"
+    aborted = next(m for m in printed if isinstance(m, protocol.Aborted))
+    assert aborted.reason == "abort_current"
+    # Nothing it printed is unknown to the protocol.
+    assert not any(isinstance(m, protocol.Unknown) for m in printed), printed
 
     recorder.wait_for_silence(0.3)
     samples = recorder.samples()
@@ -150,21 +154,13 @@ PASSAGE_PREFIX = "It was a bright cold day in April, and the clocks were strikin
 
 async def test_terminate_ends_the_daemon_with_exit_0(daemon: Daemon) -> None:
     async with await Client.connect("127.0.0.1", daemon.port) as client:
-        job = (await client.speak("Long. " * 100))["job"]
+        job = (await client.speak("Long. " * 100)).job
         run = await example("terminate.mjs", port=daemon.port)
         assert run.code == 0, run.stderr
         assert f"aborted jobs: [{job}]" in run.stdout
-        assert (await client.wait_for_job(job, 5))["reason"] == "terminate"
+        end = await client.wait_for_job(job, 5)
+        assert isinstance(end, protocol.Aborted) and end.reason == "terminate"
     assert daemon.wait(15) == 0
-
-
-@pytest.fixture
-def unused_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_speak_sends_the_token_when_the_daemon_wants_one(

@@ -15,10 +15,11 @@ import pytest
 
 from tests.conftest import TONE
 from tests.support.daemon import Daemon
+from tests.support.events import job_story, kinds, poll
 from tests.support.expected import TONE_ENGINE, tone
 from tests.support.expected import played_start as played
-from tests.support.notify import NotifyListener
 from tests.support.pulse import Recorder, find_exact, last_audible
+from ttsd import protocol
 from ttsd.client import Client
 from ttsd.scheduler.chunking import split_text
 
@@ -72,13 +73,16 @@ async def test_engine_raising_on_one_chunk_fails_only_that_job(
     bad = "First part is fine. Then BOOM goes the second part. A third part."
     good = "The next job plays."
     async with await Client.connect("127.0.0.1", daemon.port) as client:
-        first = (await client.speak(bad))["job"]
-        second = (await client.speak(good))["job"]
+        first = (await client.speak(bad)).job
+        second = (await client.speak(good)).job
         end = await client.wait_for_job(first, timeout=10)
-        assert end["type"] == "error" and end["code"] == "engine_failed"
-        assert "BOOM" in end["message"]
-        assert (await client.wait_for_job(second, timeout=10))["type"] == "finished"
-        assert [m["type"] for m in client.job_events(first)].count("error") == 1
+        assert isinstance(end, protocol.JobError) and end.code == "engine_failed"
+        assert "BOOM" in end.message
+        assert isinstance(await client.wait_for_job(second, timeout=10), protocol.Finished)
+        # Its first sentence played, then the error: one terminal event, nothing after it.
+        assert job_story(client, first, bad, 40, 30) == end
+        assert kinds(client, first) == ["queued", "started", "sentence", "error"]
+        assert end.spoken_chars == len("First part is fine.")
     recorder.wait_for_silence(0.2)
     recorded = recorder.samples()
     assert played(recorded, tone(good, chunk_chars=40, first_chunk_chars=30), recorder.rate)
@@ -91,26 +95,27 @@ async def test_engine_raising_on_one_chunk_fails_only_that_job(
 async def test_engine_that_fails_to_load_fails_jobs_not_the_daemon(start_daemon) -> None:
     daemon = start_daemon({"engine": "tone", "tone": {"fail_load": True}})
     async with await Client.connect("127.0.0.1", daemon.port) as client:
-        job = (await client.speak("Anyone there?"))["job"]
+        job = (await client.speak("Anyone there?")).job
         end = await client.wait_for_job(job, timeout=10)
-        assert end["type"] == "error" and end["code"] == "engine_unavailable"
-        assert "fail_load" in end["message"]
-        status = await client.request("status")
-        assert status["engine"]["state"] == "failed"
-        assert (await client.request("ping"))["type"] == "pong"
-        job = (await client.speak("Still nobody?"))["job"]
-        assert (await client.wait_for_job(job, timeout=10))["type"] == "error"
+        assert isinstance(end, protocol.JobError) and end.code == "engine_unavailable"
+        assert "fail_load" in end.message
+        assert kinds(client, job) == ["queued", "error"]
+        assert (await client.status()).engine["state"] == "failed"
+        assert isinstance(await client.ping(), protocol.Pong)
+        job = (await client.speak("Still nobody?")).job
+        end = await client.wait_for_job(job, timeout=10)
+        assert isinstance(end, protocol.JobError) and end.code == "engine_unavailable"
 
 
 async def test_job_keeps_playing_after_its_client_disconnects(daemon, recorder: Recorder) -> None:
     text = "This job outlives the client that asked for it."
     async with await Client.connect("127.0.0.1", daemon.port) as observer:
         speaker = await Client.connect("127.0.0.1", daemon.port)
-        job = (await speaker.speak(text))["job"]
-        await speaker.next_event(timeout=5)  # started
+        job = (await speaker.speak(text)).job
+        await speaker.wait_for(protocol.Started, job, timeout=5)
         await speaker.close()
         end = await observer.wait_for_job(job, timeout=10)
-    assert end["type"] == "finished"
+    assert isinstance(end, protocol.Finished)
     recorder.wait_for_silence(0.2)
     assert played(recorder.samples(), tone(text), recorder.rate)
 
@@ -121,17 +126,19 @@ async def test_cancel_on_disconnect_aborts_the_job_when_its_client_leaves(
     text = "This job asked to die with its client, so it is cut short right away. " * 2
     async with await Client.connect("127.0.0.1", daemon.port) as observer:
         speaker = await Client.connect("127.0.0.1", daemon.port)
-        job = (await speaker.speak(text, cancel_on_disconnect=True))["job"]
-        queued_too = (await speaker.speak("Queued behind.", cancel_on_disconnect=True))["job"]
-        kept = (await speaker.speak("Kept after all.", options={"frequency": 880}))["job"]
-        assert (await speaker.next_event(timeout=5))["type"] == "started"
-        await asyncio.sleep(0.3)
+        job = (await speaker.speak(text, cancel_on_disconnect=True)).job
+        queued_too = (await speaker.speak("Queued behind.", cancel_on_disconnect=True)).job
+        kept = (await speaker.speak("Kept after all.", options={"frequency": 880})).job
+        await speaker.wait_for(protocol.Started, job, timeout=5)
+        recorder.wait_for_sound_length(0.3)
         left = time.monotonic()
         await speaker.close()
         end = await observer.wait_for_job(job, timeout=5)
-        assert end == {**end, "type": "aborted", "reason": "client_disconnected"}
-        assert (await observer.wait_for_job(queued_too, timeout=5))["type"] == "aborted"
-        assert (await observer.wait_for_job(kept, timeout=10))["type"] == "finished"
+        assert isinstance(end, protocol.Aborted) and end.reason == "client_disconnected"
+        queued_end = await observer.wait_for_job(queued_too, timeout=5)
+        assert isinstance(queued_end, protocol.Aborted)
+        assert queued_end.reason == "client_disconnected"
+        assert isinstance(await observer.wait_for_job(kept, timeout=10), protocol.Finished)
     recorder.wait_for_silence(0.2)
     recorded = recorder.samples()
     start = find_exact(recorded, tone(text)[:2205])
@@ -149,68 +156,75 @@ async def test_two_hundred_clients_all_receive_every_event(start_daemon) -> None
         *(Client.connect("127.0.0.1", daemon.port, timeout=30) for _ in range(200))
     )
     try:
-        status = await clients[0].request("status")
-        assert status["clients"] == 200
-        jobs = [(await clients[i].speak(f"Message number {i}."))["job"] for i in (0, 99, 199)]
-        ends = await asyncio.gather(*(c.wait_for_job(jobs[-1], timeout=30) for c in clients))
-        assert all(e["type"] == "finished" for e in ends)
+        assert (await clients[0].status()).clients == 200
+        texts = {i: f"Message number {i}." for i in (0, 99, 199)}
+        jobs = {(await clients[i].speak(text)).job: text for i, text in texts.items()}
+        last = list(jobs)[-1]
+        ends = await asyncio.gather(*(c.wait_for_job(last, timeout=30) for c in clients))
+        assert all(isinstance(e, protocol.Finished) for e in ends)
         for client in clients:
-            seen = [(m["type"], m["job"]) for _, m in client.messages if "job" in m]
-            expected = [(k, j) for j in jobs for k in ("queued",)]
-            assert [s for s in seen if s[0] == "queued"] == expected
-            for job in jobs:
-                kinds = [m["type"] for m in client.job_events(job)]
-                assert kinds == ["queued", "started", "finished"], kinds
+            queued = [m.job for _, m in client.messages if isinstance(m, protocol.Queued)]
+            assert queued == list(jobs)
+            for job, text in jobs.items():
+                assert kinds(client, job) == ["queued", "started", "sentence", "finished"]
+                job_story(client, job, text)
+                # The same wire objects everywhere (the speaker's queued had an id).
+                wire = [
+                    {k: v for k, v in m.to_json().items() if k != "id"}
+                    for m in client.job_events(job)
+                ]
+                expected = [
+                    {k: v for k, v in m.to_json().items() if k != "id"}
+                    for m in clients[0].job_events(job)
+                ]
+                assert wire == expected
     finally:
         await asyncio.gather(*(c.close() for c in clients))
 
 
-@pytest.mark.parametrize("how", ["terminate", "sigterm"])
+@pytest.mark.parametrize("how", ["terminate", "sigterm", "sigint"])
 @pytest.mark.parametrize("phase", ["generation", "playback"])
 async def test_stopping_mid_job_exits_0_sends_stopping_and_leaves_no_pacat(
     start_daemon, recorder: Recorder, tmp_path: Path, how: str, phase: str
 ) -> None:
     delay = 4000.0 if phase == "generation" else 0.0
-    notify = NotifyListener(tmp_path / "notify")
-    try:
-        daemon = start_daemon(
-            {"engine": "tone", "tone": {"ms_per_char": 20.0, "delay_ms": delay}},
-            env={"NOTIFY_SOCKET": str(notify.path)},
-        )
-        await _stop_mid_job(daemon, recorder, how, phase)
-        # The service manager heard the stop, and after it nothing but why.
-        notify.wait_for(lambda line: line.startswith("STATUS=stopping"))
-    finally:
-        notify.close()
-    lines = notify.lines()
+    daemon = start_daemon(
+        {"engine": "tone", "tone": {"ms_per_char": 20.0, "delay_ms": delay}}, notify=True
+    )
+    await _stop_mid_job(daemon, recorder, how, phase)
+    # The service manager heard the stop, and after it nothing but why.
+    assert daemon.notify is not None
+    daemon.notify.wait_for(lambda line: line.startswith("STATUS=stopping"))
+    lines = daemon.notify.lines()
     assert lines.count("READY=1") == 1 and lines.count("STOPPING=1") == 1, lines
     assert lines.index("READY=1") < lines.index("STOPPING=1")
-    reason = "terminate" if how == "terminate" else "SIGTERM"
+    reason = "terminate" if how == "terminate" else how.upper()
     assert lines[-2:] == ["STOPPING=1", f"STATUS=stopping ({reason})"], lines
 
 
 async def _stop_mid_job(daemon: Daemon, recorder: Recorder, how: str, phase: str) -> None:
     """Stop ``daemon`` by ``how`` while a job is in ``phase``; check the exit and pacats."""
     async with await Client.connect("127.0.0.1", daemon.port) as client:
-        job = (await client.speak("A long job that will not get to finish. " * 5))["job"]
+        text = "A long job that will not get to finish. " * 5
+        job = (await client.speak(text)).job
         if phase == "playback":
-            assert (await client.next_event(timeout=5))["type"] == "started"
+            await client.wait_for(protocol.Started, job, timeout=5)
             recorder.wait_for_sound(timeout=5)
-        else:
-            await asyncio.sleep(0.5)  # the engine is still on the first chunk
-            assert not client.job_events(job)[1:], "it should still be generating"
-        deadline = time.monotonic() + 5
-        while not children_named(daemon.pid, "pacat") and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        # The job's stream opens while its first sentence is still being made.
+        await poll(lambda: children_named(daemon.pid, "pacat"), timeout=5, what="pacat started")
+        if phase == "generation":
+            assert kinds(client, job) == ["queued"], "it should still be generating"
         pacats = children_named(daemon.pid, "pacat")
         assert pacats, "the job's pacat stream should be open by now"
         assert set(pacats) <= set(pacats_of(daemon.home))
         if how == "terminate":
-            assert (await client.request("terminate"))["aborted"] == [job]
+            reply = await client.request("terminate")
+            assert isinstance(reply, protocol.Ok) and reply.aborted == [job]
         else:
-            daemon.signal(signal.SIGTERM)
+            daemon.signal(signal.SIGTERM if how == "sigterm" else signal.SIGINT)
         end = await client.wait_for_job(job, timeout=10)
-        assert end == {**end, "type": "aborted", "reason": "terminate"}
+        assert isinstance(end, protocol.Aborted) and end.reason == "terminate"
+        assert job_story(client, job, text) == end
         assert await client.wait_closed(timeout=10) == 1001
     assert daemon.wait(timeout=15) == 0
     left = {pid: state for pid, state in pacats_of(daemon.home).items() if state != "Z"}

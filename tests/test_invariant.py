@@ -1,14 +1,13 @@
 """The job invariant, under random interleavings against one live daemon:
 
 every accepted job ends with exactly one terminal event (``finished``, ``aborted`` or
-``error``), after its ``queued`` (and ``started``, if any), and every client sees the
-events in the same order: what a client receives is one unbroken run of the global
-event sequence, from when it connected to when it left.
+``error``), after its ``queued`` (and ``started`` and its ``sentence`` events, if any),
+and every client sees the events in the same order: what a client receives is one
+unbroken run of the global event sequence, from when it connected to when it left.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from typing import Any
@@ -26,19 +25,22 @@ from hypothesis.stateful import (
 from websockets.sync.client import ClientConnection, connect
 
 from tests.conftest import TONE
+from tests.support.events import is_event as is_broadcast
+from ttsd import protocol
+from ttsd.scheduler.chunking import split_spans
 
-TERMINAL = {"finished", "aborted", "error"}
-EVENT_TYPES = {"queued", "started", "finished", "aborted", "engine"}
+#: Types of the terminal events (``error`` with a ``job`` is the failed job's end).
+TERMINAL = {cls.TYPE for cls in protocol.TERMINAL}
 
 
-def is_event(message: dict[str, Any]) -> bool:
+def is_event(message: protocol.Message) -> bool:
     """Broadcast events, and the ``queued`` reply that stands in for one at the submitter."""
-    kind = message.get("type")
-    return kind in EVENT_TYPES or (kind == "error" and "job" in message)
+    return isinstance(message, protocol.Queued) or is_broadcast(message)
 
 
-def normalized(message: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in message.items() if k != "id"}
+def normalized(message: protocol.Message) -> dict[str, Any]:
+    """The event as every client gets it (the submitter's ``queued`` has an ``id``)."""
+    return {k: v for k, v in message.to_json().items() if k != "id"}
 
 
 class SyncClient:
@@ -47,7 +49,7 @@ class SyncClient:
     def __init__(self, port: int) -> None:
         self.ws: ClientConnection = connect(f"ws://127.0.0.1:{port}", compression=None)
         self.ws.__enter__()  # used as a context manager; close() leaves it
-        self.messages: list[dict[str, Any]] = []
+        self.messages: list[protocol.Message] = []
         self.cond = threading.Condition()
         self.closed = False
         self._ids = iter(range(1, 10**9))
@@ -58,7 +60,7 @@ class SyncClient:
         try:
             for frame in self.ws:
                 with self.cond:
-                    self.messages.append(json.loads(frame))
+                    self.messages.append(protocol.decode(frame))
                     self.cond.notify_all()
         except Exception:  # the connection is gone; `closed` tells the waiters
             pass
@@ -66,9 +68,9 @@ class SyncClient:
             self.closed = True
             self.cond.notify_all()
 
-    def request(self, kind: str, timeout: float = 10.0, **fields: Any) -> dict[str, Any]:
+    def request(self, kind: str, timeout: float = 10.0, **fields: Any) -> protocol.Message:
         rid = next(self._ids)
-        self.ws.send(json.dumps({"type": kind, "id": rid, **fields}))
+        self.ws.send(protocol.encode(protocol.REQUEST_CLASSES[kind](id=rid, **fields)))
         deadline = time.monotonic() + timeout
         with self.cond:
             while True:
@@ -108,7 +110,7 @@ def test_every_job_ends_once_and_everyone_sees_the_same_order(start_daemon) -> N
         }
     )
     observer = SyncClient(daemon.port)  # connected for the whole run
-    accepted: set[int] = set()
+    accepted: dict[int, str] = {}  # job -> its text
 
     class Interleavings(RuleBasedStateMachine):
         def __init__(self) -> None:
@@ -142,33 +144,34 @@ def test_every_job_ends_once_and_everyone_sees_the_same_order(start_daemon) -> N
             client = self.clients[which % len(self.clients)]
             reply = client.request("speak", text=text, cancel_on_disconnect=cancel)
             if text.strip():
-                assert reply["type"] == "queued", reply
-                self.jobs.add(reply["job"])
-                accepted.add(reply["job"])
+                assert isinstance(reply, protocol.Queued), reply
+                self.jobs.add(reply.job)
+                accepted[reply.job] = text
             else:
-                assert reply["type"] == "error" and reply["code"] == "bad_request"
+                assert isinstance(reply, protocol.ErrorReply) and reply.code == "bad_request"
 
         @rule(which=st.integers(0, 4))
         def abort_current(self, which: int) -> None:
             reply = self.clients[which % len(self.clients)].request("abort_current")
-            assert reply["type"] == "ok" and len(reply["aborted"]) <= 1
+            assert isinstance(reply, protocol.Ok) and len(reply.aborted or []) <= 1
 
         @rule(which=st.integers(0, 4))
         def abort_all(self, which: int) -> None:
-            assert self.clients[which % len(self.clients)].request("abort_all")["type"] == "ok"
+            reply = self.clients[which % len(self.clients)].request("abort_all")
+            assert isinstance(reply, protocol.Ok)
 
         @rule(which=st.integers(0, 4))
         def status(self, which: int) -> None:
             reply = self.clients[which % len(self.clients)].request("status")
-            assert reply["type"] == "status"
-            live = {j["job"] for j in reply["queue"]}
-            if reply["current"] is not None:
-                live.add(reply["current"]["job"])
+            assert isinstance(reply, protocol.StatusReply)
+            live = {j["job"] for j in reply.queue}
+            if reply.current is not None:
+                live.add(reply.current["job"])
             assert live <= self.jobs, "status shows a job nobody queued"
 
         @rule(seconds=st.sampled_from([0.01, 0.05, 0.15]))
         def let_time_pass(self, seconds: float) -> None:
-            time.sleep(seconds)  # jobs start, play and finish meanwhile
+            time.sleep(seconds)  # jobs start, play and finish meanwhile (an interleaving)
 
         @invariant()
         def no_job_ends_twice(self) -> None:
@@ -188,7 +191,7 @@ def test_every_job_ends_once_and_everyone_sees_the_same_order(start_daemon) -> N
                 client.request("ping")  # everything sent before the pong has arrived
             observer.request("ping")
             everything = observer.events()
-            check_jobs(everything, self.jobs)
+            check_jobs(everything, {job: accepted[job] for job in self.jobs})
             for client in self.clients:
                 seen = client.events()
                 start = is_run_of(seen, everything)
@@ -216,14 +219,25 @@ def test_every_job_ends_once_and_everyone_sees_the_same_order(start_daemon) -> N
     assert "Traceback" not in daemon.log
     kinds = {e["type"] for e in observer.events() if e.get("job") in accepted}
     print(f"{len(accepted)} jobs; event kinds seen: {sorted(kinds)}")
-    assert len(accepted) > 20 and {"started", "finished", "aborted"} <= kinds  # it really ran
+    assert len(accepted) > 20  # it really ran
+    assert {"started", "sentence", "finished", "aborted"} <= kinds
 
 
-def check_jobs(events: list[dict[str, Any]], accepted: set[int]) -> None:
-    """Each accepted job: queued, maybe started, then exactly one terminal event."""
-    for job in accepted:
-        kinds = [e["type"] for e in events if e.get("job") == job]
+def check_jobs(events: list[dict[str, Any]], accepted: dict[int, str]) -> None:
+    """Each accepted job: queued, maybe started and then a sentence event per sentence
+    begun (in order, with its range of the text), then exactly one terminal event."""
+    for job, text in accepted.items():
+        mine = [e for e in events if e.get("job") == job]
+        kinds = [e["type"] for e in mine]
         assert kinds[0] == "queued", (job, kinds)
         assert kinds[-1] in TERMINAL, (job, kinds)
         assert sum(k in TERMINAL for k in kinds) == 1, (job, kinds)
-        assert kinds[1:-1] in ([], ["started"]), (job, kinds)
+        said = mine[2:-1]
+        if kinds[1:-1]:
+            assert kinds[1] == "started" and said, (job, kinds)  # its first sentence at once
+        spans = split_spans(text, 300, 120)
+        assert [(e["type"], e["index"], e["start"], e["end"]) for e in said] == [
+            ("sentence", i, start, end) for i, (start, end) in enumerate(spans[: len(said)])
+        ], (job, kinds)
+        if kinds[-1] == "finished":
+            assert len(said) == len(spans), (job, kinds)

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import write_config
+from tests.support.daemon import Daemon
 from tests.support.notify import DatagramListener
-from tests.support.pulse import PulseServer
+from ttsd import protocol
 from ttsd.client import Client
 from ttsd.systemd import journal
 
@@ -89,53 +89,27 @@ NAMESPACE_SETUP = (
 
 @pytest.mark.skipif(not can_unshare(), reason="needs root for unshare -m (private mount namespace)")
 async def test_job_life_and_protocol_errors_reach_the_journal_with_fields(
-    tmp_path: Path, pulse: PulseServer
+    tmp_path: Path, start_daemon: Callable[..., Daemon]
 ) -> None:
     sink = JournalSocket(tmp_path / "journal")
-    config = write_config(tmp_path / "config.toml", {"engine": "tone", "port": 0})
-    stderr_path = tmp_path / "stderr.log"
-    stderr = stderr_path.open("w")
-    st = os.fstat(stderr.fileno())
-    env = {
-        "PATH": os.environ["PATH"],
-        "HOME": str(tmp_path),
-        "XDG_RUNTIME_DIR": str(tmp_path),
-        "TTS_CONFIG": str(config),
-        "JOURNAL_DIR": str(sink.directory),
-        # What systemd sets for a service whose stderr is the journal stream.
-        "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}",
-        **pulse.env(),
-    }
-    process = subprocess.Popen(
-        [
-            "unshare",
-            "-m",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            NAMESPACE_SETUP,
-            "sh",
-            sys.executable,
-            "-m",
-            "ttsd",
-            "serve",
-        ],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=stderr,
-    )
     try:
+        # Its stderr is the journal stream (JOURNAL_STREAM names it), as under systemd.
+        daemon = start_daemon(
+            {"engine": "tone"},
+            env={"JOURNAL_DIR": str(sink.directory)},
+            wrap=["unshare", "-m", "--propagation", "private", "sh", "-c", NAMESPACE_SETUP, "sh"],
+            journal_stream=True,
+            wait=False,
+        )
         listening = sink.wait_for(lambda e: "listening on port" in e.get("MESSAGE", ""))
         port = int(re.search(r"port (\d+)", listening["MESSAGE"]).group(1))  # type: ignore[union-attr]
         assert listening["SYSLOG_IDENTIFIER"] == "ttsd"
         assert listening["PRIORITY"] == "6"
 
         async with await Client.connect("127.0.0.1", port) as client:
-            label = client.hello["client"]
-            job = (await client.speak("Into the journal."))["job"]
-            assert (await client.wait_for_job(job, timeout=15))["type"] == "finished"
+            label = client.hello.client
+            job = (await client.speak("Into the journal.")).job
+            assert isinstance(await client.wait_for_job(job, timeout=15), protocol.Finished)
             await client.send_raw("{not json")
 
             for event in ("queued", "started", "finished"):
@@ -152,14 +126,10 @@ async def test_job_life_and_protocol_errors_reach_the_journal_with_fields(
             # Only journal field names go out: no lower-case record attributes.
             assert all(re.fullmatch(r"[A-Z][A-Z0-9_]*", key) for key in error)
             await client.request("terminate")
-        assert process.wait(15) == 0
+        assert daemon.wait(15) == 0
     finally:
-        if process.poll() is None:
-            process.terminate()
-            process.wait(10)
         sink.close()
-        stderr.close()
-    assert "job" not in stderr_path.read_text(), "under systemd, logs belong in the journal"
+    assert "job" not in daemon.log, "under systemd, logs belong in the journal"
 
 
 @pytest.fixture

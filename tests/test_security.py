@@ -13,7 +13,9 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.conftest import TONE
+from tests.support.events import job_story
 from tests.wsraw import RawSocket
+from ttsd import protocol
 from ttsd.client import Client, ClientError
 
 GOOD_ORIGIN = "http://good.example:8000"
@@ -36,14 +38,13 @@ async def test_foreign_origin_is_refused_with_403_and_queues_nothing(daemon) -> 
     assert await status_code_of(daemon.port, origin="http://localhost:3000") == 403
     assert await status_code_of(daemon.port, origin="null") == 403
     async with await Client.connect("127.0.0.1", daemon.port) as client:
-        status_reply = await client.request("status")
-    assert status_reply["current"] is None and status_reply["queue"] == []
+        status_reply = await client.status()
+    assert status_reply.current is None and status_reply.queue == []
     assert "refused a handshake" in daemon.log
 
 
 async def test_handshake_without_origin_is_accepted(client: Client) -> None:
-    reply = await client.speak("No origin here.")
-    assert reply["type"] == "queued"
+    assert isinstance(await client.speak("No origin here."), protocol.Queued)
 
 
 async def test_allowlisted_origin_may_connect_and_others_may_not(start_daemon) -> None:
@@ -106,55 +107,66 @@ def test_token_file_is_created_private(token_daemon) -> None:
     assert len(token) >= 32
 
 
-async def ask(ws, **request) -> dict:
+async def ask(ws, **request) -> protocol.Message:
     await ws.send(json.dumps(request))
-    return json.loads(await ws.recv())
+    return protocol.decode(await ws.recv())
+
+
+async def hello(ws) -> protocol.Hello:
+    message = protocol.decode(await ws.recv())
+    assert isinstance(message, protocol.Hello)
+    return message
 
 
 async def test_first_message_must_be_auth_with_the_token(token_daemon) -> None:
     daemon, token, _ = token_daemon
     url = f"ws://127.0.0.1:{daemon.port}"
     async with connect(url) as ws:
-        assert json.loads(await ws.recv())["auth"] == "required"
+        assert (await hello(ws)).auth == "required"
         reply = await ask(ws, type="speak", text="Let me in.", id=1)
-        assert reply == {**reply, "type": "error", "code": "unauthorized", "id": 1}
+        assert isinstance(reply, protocol.ErrorReply)
+        assert (reply.code, reply.id) == ("unauthorized", 1)
         with pytest.raises(ConnectionClosed):
             await ws.recv()
         assert ws.close_code == 1008
 
     async with connect(url) as ws:
-        await ws.recv()
+        await hello(ws)
         reply = await ask(ws, type="auth", token="x" * 43, id=2)
-        assert reply["code"] == "unauthorized"
+        assert isinstance(reply, protocol.ErrorReply)
+        assert (reply.code, reply.id) == ("unauthorized", 2)
         with pytest.raises(ConnectionClosed):
             await ws.recv()
 
     async with connect(url) as ws:
         await ws.recv()
-        assert (await ask(ws, type="auth", token=token, id=3))["authenticated"] is True
-        assert (await ask(ws, type="speak", text="Now I may.", id=4))["type"] == "queued"
+        reply = await ask(ws, type="auth", token=token, id=3)
+        assert reply.to_json() == {"type": "ok", "authenticated": True, "id": 3}
+        assert isinstance(await ask(ws, type="speak", text="Now I may.", id=4), protocol.Queued)
 
     # The Python client finds the token itself, or says what is missing.
     with pytest.raises(ClientError, match="requires its token"):
         await Client.connect("127.0.0.1", daemon.port)
     async with await Client.connect("127.0.0.1", daemon.port, token=token) as client:
-        job = (await client.speak("Through the client."))["job"]
-        assert (await client.wait_for_job(job, timeout=10))["type"] == "finished"
+        job = (await client.speak("Through the client.")).job
+        assert isinstance(await client.wait_for_job(job, timeout=10), protocol.Finished)
 
 
 async def test_unauthenticated_connections_receive_no_events(token_daemon) -> None:
     daemon, token, _ = token_daemon
     lurker = RawSocket(daemon.port)
     assert lurker.handshake()[0] == 101
-    assert lurker.read_json()["auth"] == "required"
+    greeting = protocol.from_json(lurker.read_json())
+    assert isinstance(greeting, protocol.Hello) and greeting.auth == "required"
     headers = {"Authorization": f"Bearer {token}"}
     async with await Client.connect("127.0.0.1", daemon.port, additional_headers=headers) as c:
-        assert "auth" not in c.hello
-        job = (await c.speak("Secret words."))["job"]
+        assert c.hello.auth is None and "auth" not in c.hello.to_json()
+        job = (await c.speak("Secret words.")).job
         await c.wait_for_job(job, timeout=10)
     lurker.send_json({"type": "status", "id": 1})
-    reply = lurker.read_json()  # its first message: no event came before it
-    assert reply == {**reply, "type": "error", "code": "unauthorized", "id": 1}
+    reply = protocol.from_json(lurker.read_json())  # its first message: no event before it
+    assert isinstance(reply, protocol.ErrorReply)
+    assert (reply.code, reply.id) == ("unauthorized", 1)
     assert lurker.read_close() == 1008
     lurker.close()
 
@@ -173,10 +185,11 @@ async def test_token_from_config_is_used_and_no_file_is_written(start_daemon) ->
     assert not (daemon.home / "ttsd" / "token").exists()
     async with connect(f"ws://127.0.0.1:{daemon.port}") as ws:
         await ws.recv()
-        assert (await ask(ws, type="auth", token=secret))["authenticated"] is True
-        assert (await ask(ws, type="ping"))["type"] == "pong"
+        reply = await ask(ws, type="auth", token=secret)
+        assert reply.to_json() == {"type": "ok", "authenticated": True}
+        assert isinstance(await ask(ws, type="ping"), protocol.Pong)
     async with await Client.connect("127.0.0.1", daemon.port, token=secret) as client:
-        assert (await client.request("ping"))["type"] == "pong"
+        assert isinstance(await client.ping(), protocol.Pong)
 
 
 async def test_an_idle_unauthenticated_connection_cannot_speak(token_daemon) -> None:
@@ -196,29 +209,29 @@ async def test_a_client_that_never_authenticates_is_closed_after_auth_timeout(
     daemon = start_daemon({**TONE, "auth": "token", "token": secret, "auth_timeout": 1.5})
     async with connect(f"ws://127.0.0.1:{daemon.port}") as lurker:
         opened = time.monotonic()
-        assert json.loads(await lurker.recv())["auth"] == "required"
+        assert (await hello(lurker)).auth == "required"
         async with await Client.connect("127.0.0.1", daemon.port, token=secret) as member:
             # A job that plays across the lurker's deadline, heard by the member throughout.
             text = "This job plays while the silent connection is shown the door. " * 3
-            job = (await member.speak(text))["job"]
-            assert (await member.next_event(timeout=5))["type"] == "started"
-            reply = json.loads(await asyncio.wait_for(lurker.recv(), 10))
+            job = (await member.speak(text)).job
+            await member.wait_for(protocol.Started, job, timeout=5)
+            reply = protocol.decode(await asyncio.wait_for(lurker.recv(), 10))
             refused_at = time.monotonic()
             closed = refused_at - opened
-            assert reply == {**reply, "type": "error", "code": "unauthorized"}
-            assert "no token within 1.5 s" in reply["message"]
+            assert isinstance(reply, protocol.ErrorReply) and reply.code == "unauthorized"
+            assert "no token within 1.5 s" in reply.message
             with pytest.raises(ConnectionClosed):
                 await lurker.recv()
             assert lurker.close_code == 1008
             # Not before its time; the upper bound only has to tell 1.5 s from the default 10 s.
             assert 1.4 <= closed < 6.0, closed
             end = await member.wait_for_job(job, timeout=15)
-            assert end["type"] == "finished"
-            assert [m["type"] for m in member.job_events(job)] == ["queued", "started", "finished"]
+            assert isinstance(end, protocol.Finished)
+            assert job_story(member, job, text) == end  # every sentence, then finished
             # Its events kept coming after the lurker was closed, not only before.
             finished_at = next(t for t, m in member.messages if m is end)
             assert finished_at > refused_at
-            assert (await member.request("ping"))["type"] == "pong"
+            assert isinstance(await member.ping(), protocol.Pong)
     assert "refused: no token within 1.5 s" in daemon.log
 
 
@@ -261,8 +274,9 @@ async def test_listening_beyond_loopback_with_a_token_requires_it(start_daemon) 
     raw.close()
     async with connect(f"ws://127.0.0.1:{daemon.port}") as ws:
         await ws.recv()
-        assert (await ask(ws, type="status"))["code"] == "unauthorized"
+        reply = await ask(ws, type="status")
+        assert isinstance(reply, protocol.ErrorReply) and reply.code == "unauthorized"
     with pytest.raises(ClientError, match="requires its token"):
         await Client.connect("127.0.0.1", daemon.port)
     async with await Client.connect("127.0.0.1", daemon.port, token=token) as client:
-        assert (await client.request("status"))["type"] == "status"
+        assert isinstance(await client.status(), protocol.StatusReply)

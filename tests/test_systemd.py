@@ -16,23 +16,26 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.daemon import write_config
+from tests.support.daemon import Daemon
+from tests.support.events import poll
 from tests.support.notify import NotifyListener
 from tests.support.pulse import PulseServer, Recorder, audible, find_exact
+from ttsd import protocol
+from ttsd.audio import PacatOutput
 from ttsd.client import Client, ClientError
 from ttsd.config import Config
+from ttsd.daemon import IdleExit, engine_factory, settings_of
 from ttsd.engines.tone import ToneEngine
-from ttsd.scheduler import Scheduler
-from ttsd.server.daemon import IdleExit
-from ttsd.server.server import Server
+from ttsd.scheduler import EngineHost, Scheduler
+from ttsd.scheduler.events import Event
+from ttsd.server import Server
 from ttsd.systemd.activation import listen_fds
 from ttsd.systemd.notify import SdNotifier
 
@@ -45,125 +48,42 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class Activated:
-    """``systemd-socket-activate -l ADDRESS:PORT -E ... python -m ttsd serve``."""
-
-    def __init__(
-        self,
-        home: Path,
-        pulse: PulseServer,
-        settings: dict[str, Any],
-        listen: str = "127.0.0.1",
-    ) -> None:
-        home.mkdir(parents=True, exist_ok=True)
-        self.home = home
-        self.notify = NotifyListener(home / "notify")
-        self.port = free_port()
-        config = write_config(home / "config.toml", settings)
-        env = {
-            "NOTIFY_SOCKET": str(self.notify.path),
-            "HOME": str(home),
-            "XDG_RUNTIME_DIR": str(home),
-            "XDG_CONFIG_HOME": str(home / "config"),
-            "XDG_CACHE_HOME": str(home / "cache"),
-            "TTS_CONFIG": str(config),
-            **pulse.env(),
-        }
-        command = ["systemd-socket-activate", "-l", f"{listen}:{self.port}"]
-        for name, value in env.items():
-            command += ["-E", f"{name}={value}"]
-        command += [sys.executable, "-m", "ttsd", "serve"]
-        self.lines: list[str] = []
-        self.process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        self.wait_for_line(re.compile(rf"Listening on {re.escape(listen)}:\d+ as 3"))
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    @property
-    def log(self) -> str:
-        return "\n".join(self.lines)
-
-    def wait_for_line(self, pattern: re.Pattern[str], timeout: float = 10.0) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                if match := pattern.search(line):
-                    return match
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.01)
-        raise AssertionError(f"no line matching {pattern.pattern!r}:\n{self.log}")
-
-    def started(self) -> bool:
-        return any("Execing" in line for line in self.lines)
-
-    def wait(self, timeout: float = 15.0) -> int:
-        code = self.process.wait(timeout)
-        self._reader.join(5)
-        return code
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.notify.close()
-
-
 @pytest.fixture
-def activate(tmp_path: Path, pulse: PulseServer) -> Iterator[Callable[..., Activated]]:
-    started: list[Activated] = []
+def activate(start_daemon: Callable[..., Daemon]) -> Callable[..., Daemon]:
+    """``activate(listen="127.0.0.1", **settings)``: the daemon behind
+    ``systemd-socket-activate -l LISTEN:PORT``, which holds the socket and execs it on
+    the first connection; its ``notify`` listener is the ``NOTIFY_SOCKET``."""
 
-    def start(listen: str = "127.0.0.1", **settings: Any) -> Activated:
+    def start(listen: str = "127.0.0.1", **settings: Any) -> Daemon:
         settings = {"engine": "tone", "tone": {"ms_per_char": 20.0}, **settings}
-        daemon = Activated(tmp_path / f"activated{len(started)}", pulse, settings, listen)
-        started.append(daemon)
-        return daemon
+        return start_daemon(settings, activate=listen, notify=True)
 
-    yield start
-    for daemon in started:
-        daemon.stop()
+    return start
+
+
+def notified(daemon: Daemon) -> NotifyListener:
+    assert daemon.notify is not None
+    return daemon.notify
 
 
 async def test_first_connection_starts_it_ready_status_while_speaking_stopping_on_terminate(
-    activate: Callable[..., Activated], recorder: Recorder
+    activate: Callable[..., Daemon], recorder: Recorder
 ) -> None:
     daemon = activate()
-    await asyncio.sleep(0.5)
-    assert not daemon.started() and daemon.notify.lines() == [], "started before a connection"
+    await asyncio.sleep(0.5)  # time for a wrong start to show (nothing else to wait for)
+    assert not daemon.started() and notified(daemon).lines() == [], "started before a connection"
 
     async with await Client.connect("127.0.0.1", daemon.port) as client:
-        ready_at = daemon.notify.wait_for(lambda line: line == "READY=1")
+        ready_at = notified(daemon).wait_for(lambda line: line == "READY=1")
         match = daemon.wait_for_line(re.compile(r"listening on port (\d+)"))
         assert int(match.group(1)) == daemon.port  # the inherited socket, not a new one
 
         text = "Speaking through the socket unit."
-        reply = await client.speak(text)
-        job = reply["job"]
-        daemon.notify.wait_for(lambda line: line == f"STATUS=speaking job {job}")
+        job = (await client.speak(text)).job
+        notified(daemon).wait_for(lambda line: line == f"STATUS=speaking job {job}")
         end = await client.wait_for_job(job, timeout=15)
-        assert end["type"] == "finished"
-        daemon.notify.wait_for(lambda line: line == "STATUS=idle" and _after(daemon, job))
+        assert isinstance(end, protocol.Finished)
+        notified(daemon).wait_for(lambda line: line == "STATUS=idle" and _after(daemon, job))
 
         # The job was heard: its tone, sample for sample at the start, and all of it
         # (a loaded machine may underrun, which inserts gaps but loses nothing).
@@ -174,55 +94,54 @@ async def test_first_connection_starts_it_ready_status_while_speaking_stopping_o
         heard = int(audible(recorded).sum())
         assert abs(heard - int(audible(expected).sum())) < 0.02 * len(expected)
 
-        reply = await client.request("terminate")
-        assert reply["type"] == "ok"
-        stopping_at = daemon.notify.wait_for(lambda line: line == "STOPPING=1")
+        assert isinstance(await client.request("terminate"), protocol.Ok)
+        stopping_at = notified(daemon).wait_for(lambda line: line == "STOPPING=1")
     assert daemon.wait() == 0
     assert stopping_at > ready_at
-    lines = daemon.notify.lines()
+    lines = notified(daemon).lines()
     assert lines.count("READY=1") == 1 and lines.count("STOPPING=1") == 1
     assert lines.index("READY=1") < lines.index(f"STATUS=speaking job {job}")
     assert lines.index("STOPPING=1") > lines.index(f"STATUS=speaking job {job}")
     assert lines[-1] == "STATUS=stopping (terminate)"
 
 
-def _after(daemon: Activated, job: int) -> bool:
+def _after(daemon: Daemon, job: int) -> bool:
     """True once an ``idle`` status has been sent after ``speaking job N``."""
-    statuses = daemon.notify.statuses()
+    statuses = notified(daemon).statuses()
     speaking = f"speaking job {job}"
     return speaking in statuses and "idle" in statuses[statuses.index(speaking) :]
 
 
-async def test_queue_length_shows_in_status(activate: Callable[..., Activated]) -> None:
+async def test_queue_length_shows_in_status(activate: Callable[..., Daemon]) -> None:
     daemon = activate()
     async with await Client.connect("127.0.0.1", daemon.port) as client:
-        first = (await client.speak("one two three four five six seven eight nine ten."))["job"]
+        first = (await client.speak("one two three four five six seven eight nine ten.")).job
         await client.speak("Second.")
         await client.speak("Third.")
-        daemon.notify.wait_for(lambda line: line == f"STATUS=speaking job {first}, 2 queued")
-        await client.request("abort_all")
-        daemon.notify.wait_for(lambda line: line == "STATUS=idle")
-        await client.request("terminate")
+        notified(daemon).wait_for(lambda line: line == f"STATUS=speaking job {first}, 2 queued")
+        await client.abort_all()
+        notified(daemon).wait_for(lambda line: line == "STATUS=idle")
+        await client.terminate()
     assert daemon.wait() == 0
 
 
-async def test_sigterm_is_a_clean_stop(activate: Callable[..., Activated]) -> None:
+async def test_sigterm_is_a_clean_stop(activate: Callable[..., Daemon]) -> None:
     daemon = activate()
     async with await Client.connect("127.0.0.1", daemon.port) as client:
-        daemon.notify.wait_for(lambda line: line == "READY=1")
+        notified(daemon).wait_for(lambda line: line == "READY=1")
         await client.speak("A long sentence that is still playing when the signal comes.")
-        daemon.notify.wait_for(lambda line: line.startswith("STATUS=speaking job"))
-        daemon.process.send_signal(signal.SIGTERM)
-        daemon.notify.wait_for(lambda line: line == "STOPPING=1")
+        notified(daemon).wait_for(lambda line: line.startswith("STATUS=speaking job"))
+        daemon.signal(signal.SIGTERM)
+        notified(daemon).wait_for(lambda line: line == "STOPPING=1")
         # Not blocking the loop: the client must answer the daemon's closing handshake.
         assert await asyncio.to_thread(daemon.wait) == 0
         assert client.closed and client.close_code == 1001
-    assert daemon.notify.lines()[-1] == "STATUS=stopping (SIGTERM)"
+    assert notified(daemon).lines()[-1] == "STATUS=stopping (SIGTERM)"
     assert "received SIGTERM" in daemon.log
 
 
 async def test_activated_beyond_loopback_without_a_token_exits_2_before_serving(
-    activate: Callable[..., Activated],
+    activate: Callable[..., Daemon],
 ) -> None:
     daemon = activate(listen="0.0.0.0")
     # The connection that starts it is never answered: the daemon refuses the socket.
@@ -236,136 +155,100 @@ async def test_activated_beyond_loopback_without_a_token_exits_2_before_serving(
     assert 'set auth = "token"' in refusals[0]
     assert "Traceback" not in daemon.log
     assert "listening on port" not in daemon.log
-    assert "READY=1" not in daemon.notify.lines()
-    status = daemon.notify.statuses()[-1]
+    assert "READY=1" not in notified(daemon).lines()
+    status = notified(daemon).statuses()[-1]
     assert status.startswith("failed: refusing to listen on 0.0.0.0"), status
 
 
 async def test_activated_beyond_loopback_with_a_token_serves_only_with_it(
-    activate: Callable[..., Activated],
+    activate: Callable[..., Daemon],
 ) -> None:
     secret = "an-activation-token-0123456789"
     daemon = activate(listen="0.0.0.0", auth="token", token=secret)
     with pytest.raises(ClientError, match="requires its token"):
         await Client.connect("127.0.0.1", daemon.port, timeout=15)
-    daemon.notify.wait_for(lambda line: line == "READY=1")
+    notified(daemon).wait_for(lambda line: line == "READY=1")
     match = daemon.wait_for_line(re.compile(r"listening on port (\d+)"))
     assert int(match.group(1)) == daemon.port  # the inherited 0.0.0.0 socket
     async with await Client.connect("127.0.0.1", daemon.port, token=secret) as client:
-        job = (await client.speak("Served beyond loopback."))["job"]
-        assert (await client.wait_for_job(job, timeout=15))["type"] == "finished"
-        assert (await client.request("terminate"))["type"] == "ok"
+        job = (await client.speak("Served beyond loopback.")).job
+        assert isinstance(await client.wait_for_job(job, timeout=15), protocol.Finished)
+        assert isinstance(await client.request("terminate"), protocol.Ok)
     assert await asyncio.to_thread(daemon.wait) == 0
     assert "beyond loopback" not in daemon.log
 
 
 async def test_idle_exit_waits_for_clients_then_exits_cleanly(
-    activate: Callable[..., Activated],
+    activate: Callable[..., Daemon],
 ) -> None:
     daemon = activate(idle_exit=1.0)
     async with await Client.connect("127.0.0.1", daemon.port) as client:
-        daemon.notify.wait_for(lambda line: line == "READY=1")
-        await asyncio.sleep(2.5)  # well past idle_exit, but a client is connected
-        assert daemon.process.poll() is None, "exited while a client was connected"
-        assert "STOPPING=1" not in daemon.notify.lines()
-        assert (await client.request("ping"))["type"] == "pong"
+        notified(daemon).wait_for(lambda line: line == "READY=1")
+        # Well past idle_exit, with a client connected: nothing must happen, and only
+        # time shows it.
+        await asyncio.sleep(2.5)
+        assert daemon.process is not None and daemon.process.poll() is None, "exited"
+        assert "STOPPING=1" not in notified(daemon).lines()
+        assert isinstance(await client.ping(), protocol.Pong)
     left = time.monotonic()
-    stopping_at = daemon.notify.wait_for(lambda line: line == "STOPPING=1", timeout=10)
+    stopping_at = notified(daemon).wait_for(lambda line: line == "STOPPING=1", timeout=10)
     assert daemon.wait() == 0
     assert 0.9 <= stopping_at - left < 6.0
-    assert daemon.notify.lines()[-1] == "STATUS=stopping (idle)"
+    assert notified(daemon).lines()[-1] == "STATUS=stopping (idle)"
     assert "idle for 1 s, exiting" in daemon.log
 
 
-async def test_idle_exit_zero_never_exits(activate: Callable[..., Activated]) -> None:
+async def test_idle_exit_zero_never_exits(activate: Callable[..., Daemon]) -> None:
     daemon = activate(idle_exit=0)
     async with await Client.connect("127.0.0.1", daemon.port):
-        daemon.notify.wait_for(lambda line: line == "READY=1")
-    await asyncio.sleep(2.5)
-    assert daemon.process.poll() is None
-    assert "STOPPING=1" not in daemon.notify.lines()
+        notified(daemon).wait_for(lambda line: line == "READY=1")
+    await asyncio.sleep(2.5)  # nothing must happen: only time shows it
+    assert daemon.process is not None and daemon.process.poll() is None
+    assert "STOPPING=1" not in notified(daemon).lines()
 
 
 async def test_connection_waiting_in_the_backlog_is_served_by_the_next_start(
-    tmp_path: Path, pulse: PulseServer
+    start_daemon: Callable[..., Daemon],
 ) -> None:
     """What systemd does after an idle exit: the socket stays open, a client connects
     while no daemon runs, and the next daemon started on that socket serves it."""
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
-    config = write_config(tmp_path / "config.toml", {"engine": "tone", "idle_exit": 0.5})
-    notify = NotifyListener(tmp_path / "notify")
+    settings = {"engine": "tone", "idle_exit": 0.5}
     try:
-        first = _start_on_socket(listener, tmp_path, config, notify, pulse)
+        first = start_daemon(settings, inherit=listener, notify=True)
+        assert first.port == port
         async with await Client.connect("127.0.0.1", port):
             pass
         assert first.wait(15) == 0
-        assert notify.lines().count("STOPPING=1") == 1
+        assert notified(first).lines().count("STOPPING=1") == 1
 
         # Nobody is accepting now: the connection waits in the backlog.
         connecting = asyncio.create_task(Client.connect("127.0.0.1", port, timeout=20))
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # it must not be answered: only time shows it
         assert not connecting.done()
-        second = _start_on_socket(listener, tmp_path, config, notify, pulse)
+        second = await asyncio.to_thread(
+            start_daemon, settings, inherit=listener, notify=True, wait=False
+        )
         client = await asyncio.wait_for(connecting, 15)
         async with client:
-            assert (await client.request("ping"))["type"] == "pong"
+            assert isinstance(await client.ping(), protocol.Pong)
         assert second.wait(15) == 0
-        assert notify.lines().count("READY=1") == 2
+        assert notified(first).lines().count("READY=1") == 1
+        assert notified(second).lines().count("READY=1") == 1
     finally:
-        notify.close()
         listener.close()
 
 
-def _start_on_socket(
-    listener: socket.socket,
-    home: Path,
-    config: Path,
-    notify: NotifyListener,
-    pulse: PulseServer,
-) -> subprocess.Popen[bytes]:
-    """Start the daemon the way systemd does: the socket as fd 3, LISTEN_PID its pid."""
-    env = {
-        "PATH": os.environ["PATH"],
-        "HOME": str(home),
-        "XDG_RUNTIME_DIR": str(home),
-        "TTS_CONFIG": str(config),
-        "NOTIFY_SOCKET": str(notify.path),
-        "LISTEN_FDS": "1",
-        **pulse.env(),
-    }
-    fd = listener.fileno()
-    # LISTEN_PID must be the daemon's own pid: set it in the process that execs it.
-    exec_daemon = (
-        f"import os, sys; os.dup2({fd}, 3); os.environ['LISTEN_PID'] = str(os.getpid()); "
-        "os.execv(sys.executable, [sys.executable, '-m', 'ttsd', 'serve'])"
-    )
-    return subprocess.Popen(
-        [sys.executable, "-c", exec_daemon],
-        env=env,
-        pass_fds=(fd,),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=open(home / "daemon.log", "a"),
-    )
-
-
 def test_self_bound_path_logs_its_port_and_notifies(start_daemon: Callable[..., Any]) -> None:
-    notify_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"ttsd-notify-{os.getpid()}"
-    notify_path.unlink(missing_ok=True)
-    notify = NotifyListener(notify_path)
-    try:
-        daemon = start_daemon(env={"NOTIFY_SOCKET": str(notify_path)})
-        assert re.search(rf"listening on port {daemon.port}\b", daemon.log)
-        with socket.create_connection(("127.0.0.1", daemon.port), timeout=5):
-            pass
-        notify.wait_for(lambda line: line == "READY=1")
-        daemon.signal(signal.SIGTERM)
-        assert daemon.wait() == 0
-        notify.wait_for(lambda line: line == "STOPPING=1")
-    finally:
-        notify.close()
-        notify_path.unlink(missing_ok=True)
+    daemon = start_daemon(notify=True)
+    assert re.search(rf"listening on port {daemon.port}\b", daemon.log)
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=5):
+        pass
+    notified(daemon).wait_for(lambda line: line == "READY=1")
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == 0
+    notified(daemon).wait_for(lambda line: line == "STOPPING=1")
 
 
 def render_units(directory: Path, exec_path: Path) -> list[Path]:
@@ -433,19 +316,30 @@ async def test_idle_exit_is_called_off_when_a_client_slips_in(
     config = Config(engine="tone", port=0, idle_exit=1.0)
     server: Server | None = None
 
-    def emit(event: dict[str, Any]) -> None:
+    def emit(event: Event) -> None:
         if server is not None:
             server.emit(event)
 
-    scheduler = Scheduler(config, ToneEngine, emit)
+    factory = engine_factory(config)
+    engine, selected = factory()
+    assert isinstance(engine, ToneEngine)
+    scheduler = Scheduler(
+        settings_of(config),
+        EngineHost(factory, name=config.engine, engine=engine, selected=selected),
+        PacatOutput(media_role=config.media_role, sink=config.sink, latency_ms=config.latency_ms),
+        emit,
+    )
     server = Server(config, scheduler)
-    await scheduler.start()
+    scheduler.start()
     port = await server.start()
     idle = IdleExit(server, scheduler, config.idle_exit)
+    listener = server.listener
+    assert listener is not None
     try:
         raw = socket.create_connection(("127.0.0.1", port))
         raw.setblocking(False)
-        await asyncio.sleep(0.2)  # accepted by the loop; no WebSocket handshake yet
+        # Accepted by the loop (its handler runs), no WebSocket handshake yet.
+        await poll(lambda: listener.handler_tasks, what="the connection accepted")
         assert not server.clients
         # Its handshake runs while the exit is being decided.
         late_task = asyncio.create_task(Client.connect("127.0.0.1", port, sock=raw))
@@ -453,12 +347,15 @@ async def test_idle_exit_is_called_off_when_a_client_slips_in(
 
         # The connection that slipped in is served, and new ones are accepted again.
         async with await late_task as late:
-            assert (await late.request("ping"))["type"] == "pong"
+            assert isinstance(await late.ping(), protocol.Pong)
         async with await Client.connect("127.0.0.1", port) as fresh:
-            assert (await fresh.request("ping"))["type"] == "pong"
+            assert isinstance(await fresh.ping(), protocol.Pong)
 
         # With nobody left, the same sequence decides to exit.
-        await asyncio.sleep(0.2)
+        await poll(
+            lambda: not server.clients and all(t.done() for t in listener.handler_tasks),
+            what="both connections closed on the daemon's side",
+        )
         assert await idle.confirm() is True
     finally:
         await scheduler.close()

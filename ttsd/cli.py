@@ -429,6 +429,8 @@ def wav_header(rate: int, samples: int | None) -> bytes:
 
 
 async def cmd_abort(args: argparse.Namespace) -> int:
+    if args.all and args.job is not None:
+        raise UsageError("give a JOB or --all, not both")
     async with await _connect(args) as client:
         if args.all:
             aborted = await client.abort_all()

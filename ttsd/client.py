@@ -253,6 +253,8 @@ class Client:
         self._events: asyncio.Queue[protocol.Message | None] = asyncio.Queue()
         self._pending: dict[int, asyncio.Future[protocol.Message]] = {}
         self._streams: dict[int, asyncio.Queue[bytes | protocol.Message | None]] = {}
+        #: Streams whose header came, not yet handed to stream_audio's caller.
+        self._opened: dict[int, asyncio.Queue[bytes | protocol.Message | None]] = {}
         self._ids = itertools.count(1)
         self._reader: asyncio.Task[None] | None = None
         # Index in ``messages`` of the current connection's hello: job ids are per
@@ -407,6 +409,11 @@ class Client:
                     await connection.close(1002, "invalid message")
                     break
                 self.messages.append((time.monotonic(), message))
+                if isinstance(message, protocol.AudioStart):
+                    # Route the stream's binary frames from now on: they can arrive
+                    # before the caller of stream_audio runs again.
+                    queue: asyncio.Queue[bytes | protocol.Message | None] = asyncio.Queue()
+                    self._streams[message.job] = self._opened[message.job] = queue
                 if isinstance(message, protocol.AudioEnd) and message.job in self._streams:
                     self._streams.pop(message.job).put_nowait(message)
                 request_id = message.get("id")
@@ -573,15 +580,9 @@ class Client:
         start = await self._expect(
             protocol.AudioStart, protocol.Synthesize(text=text, stream=True, **fields), timeout=None
         )
-        queue: asyncio.Queue[bytes | protocol.Message | None] = asyncio.Queue()
-        self._streams[start.job] = queue
-        # Frames that arrived before this method saw the header (none: the header is sent
-        # first and frames are routed by job id) and an end that came already:
-        for message in self._current_messages():
-            if isinstance(message, protocol.AudioEnd) and message.job == start.job:
-                self._streams.pop(start.job, None)
-                queue.put_nowait(message)
-        return AudioStream(start, queue)
+        # The reader made the stream's queue when the header came, so every frame and
+        # the end that followed it are in there, however soon they came.
+        return AudioStream(start, self._opened.pop(start.job))
 
     async def abort_current(self) -> list[int]:
         """Abort the playing job; return the ids aborted ([] if nothing was playing)."""

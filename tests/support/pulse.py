@@ -180,6 +180,31 @@ class Recorder:
             time.sleep(0.02)
         raise AssertionError(f"no sound recorded within {timeout} s")
 
+    def wait_for_samples(self, count: int, timeout: float = 10.0) -> None:
+        """Wait until the recording holds ``count`` samples (silent or not): time as the
+        sound server counts it, however late parec delivers."""
+        deadline = time.monotonic() + timeout
+        while len(self.samples()) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"fewer than {count} samples recorded in {timeout} s")
+            time.sleep(0.01)
+
+    def wait_for_sound_length(self, seconds: float, after: int = 0, timeout: float = 15.0) -> int:
+        """Wait until ``seconds`` of sound have been recorded after sample ``after``
+        (counted in 10 ms blocks, so gaps do not count); return the index reached."""
+        deadline = time.monotonic() + timeout
+        block = self.rate // 100
+        needed = max(1, round(seconds * 100))
+        while time.monotonic() < deadline:
+            samples = self.samples()[after:]
+            blocks = len(samples) // block
+            loud = audible(samples[: blocks * block]).reshape(blocks, block).any(axis=1)
+            hits = np.flatnonzero(loud)
+            if len(hits) >= needed:
+                return after + int(hits[needed - 1] + 1) * block
+            time.sleep(0.01)
+        raise AssertionError(f"less than {seconds} s of sound recorded within {timeout} s")
+
     def wait_for_silence(self, seconds: float, timeout: float = 30.0) -> int:
         """Wait until the last ``seconds`` recorded are silent; return the last audible index."""
         deadline = time.monotonic() + timeout

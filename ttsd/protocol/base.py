@@ -63,22 +63,6 @@ class Message:
             rest = {}
         return cls(**known, extra=rest)
 
-    # TEMPORARY-COMPAT: dict-style access while the tests move to attributes.
-    def __getitem__(self, name: str) -> Any:
-        return self.to_json()[name]
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.to_json()
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, dict):
-            return self.to_json() == other
-        if isinstance(other, Message):
-            return type(self) is type(other) and self.to_json() == other.to_json()
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
-
     def get(self, name: str, default: Any = None) -> Any:
         """A field by its wire name (declared or extra), like ``dict.get``."""
         return self.to_json().get(name, default)

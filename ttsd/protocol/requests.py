@@ -338,7 +338,7 @@ def parse_request(frame: str, *, max_text_length: int, allow_control: bool = Tru
         return Speak(
             id=request_id,
             text=text(),
-            voice=fields.string("voice", code=Code.BAD_OPTION),
+            voice=fields.string("voice"),
             volume=fields.volume(),
             options=fields.options(),
             cancel_on_disconnect=fields.boolean("cancel_on_disconnect"),
@@ -351,7 +351,7 @@ def parse_request(frame: str, *, max_text_length: int, allow_control: bool = Tru
         return Synthesize(
             id=request_id,
             text=text(),
-            voice=fields.string("voice", code=Code.BAD_OPTION),
+            voice=fields.string("voice"),
             options=fields.options(),
             stream=fields.boolean("stream"),
             format=fields.choice("format", FORMATS),
@@ -381,7 +381,7 @@ def parse_request(frame: str, *, max_text_length: int, allow_control: bool = Tru
         return Identify(
             id=request_id,
             name=name,
-            voice=fields.string("voice", code=Code.BAD_OPTION),
+            voice=fields.string("voice"),
             priority=fields.choice("priority", PRIORITIES),
             volume=fields.volume(),
         )

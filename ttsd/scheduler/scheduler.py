@@ -410,7 +410,7 @@ class Scheduler:
     ) -> bool:
         """The only way a job ends: the queue's transition, then exactly one event."""
         was_playing = self.queue.playing is job
-        heard = self.player.heard(job)
+        heard = self.player.heard(job)  # before its stream is killed
         if not self.queue.end(job, outcome):
             return False
         if was_playing:
