@@ -338,8 +338,8 @@ async def test_idle_exit_is_called_off_when_a_client_slips_in(
     try:
         raw = socket.create_connection(("127.0.0.1", port))
         raw.setblocking(False)
-        # Accepted by the loop (its handler runs), no WebSocket handshake yet.
-        await poll(lambda: listener.handler_tasks, what="the connection accepted")
+        # Accepted by the loop, its first request (the handshake) not read yet.
+        await poll(lambda: server.arriving, what="the connection accepted")
         assert not server.clients
         # Its handshake runs while the exit is being decided.
         late_task = asyncio.create_task(Client.connect("127.0.0.1", port, sock=raw))
@@ -353,7 +353,11 @@ async def test_idle_exit_is_called_off_when_a_client_slips_in(
 
         # With nobody left, the same sequence decides to exit.
         await poll(
-            lambda: not server.clients and all(t.done() for t in listener.handler_tasks),
+            lambda: (
+                not server.clients
+                and not server.arriving
+                and all(t.done() for t in listener.handler_tasks)
+            ),
             what="both connections closed on the daemon's side",
         )
         assert await idle.confirm() is True

@@ -9,7 +9,7 @@ from typing import TypeVar
 
 from ttsd import protocol
 from ttsd.client import Client, RequestTimeout
-from ttsd.scheduler.chunking import split_spans
+from ttsd.scheduler.chunking import chunk_text
 
 M = TypeVar("M", bound=protocol.Message)
 
@@ -17,6 +17,14 @@ M = TypeVar("M", bound=protocol.Message)
 def kinds(client: Client, job: int) -> list[str]:
     """The types of the messages ``client`` received about ``job``, in order."""
     return [m.TYPE for m in client.job_events(job)]
+
+
+def sentence_spans(
+    text: str, chunk_chars: int = 300, first_chunk_chars: int | None = 120
+) -> list[tuple[int, int]]:
+    """The ranges of ``text`` that a job's ``sentence`` events report, in order."""
+    chunks = chunk_text(text, chunk_chars, first_chunk_chars, format="auto")
+    return [(chunk.start, chunk.end) for chunk in chunks if chunk.opens]
 
 
 def job_story(
@@ -30,8 +38,8 @@ def job_story(
     its terminal event.
 
     The order is ``queued``, then, if its sound started, ``started`` and one
-    ``sentence`` per chunk that started playing (indices 0, 1, ... with the chunk's
-    character range), then exactly one terminal event whose ``spoken_chars`` is the end
+    ``sentence`` per sentence that started playing (indices 0, 1, ... with the
+    sentence's character range), then exactly one terminal event whose ``spoken_chars`` is the end
     of the last sentence started (all of the text when finished).
     """
     events = client.job_events(job)
@@ -40,7 +48,7 @@ def job_story(
     assert isinstance(end, protocol.TERMINAL), events
     assert sum(isinstance(e, protocol.TERMINAL) for e in events) == 1, events
     middle = events[1:-1]
-    spans = split_spans(text, chunk_chars, first_chunk_chars)
+    spans = sentence_spans(text, chunk_chars, first_chunk_chars)
     if middle:
         assert isinstance(middle[0], protocol.Started), events
         said = middle[1:]

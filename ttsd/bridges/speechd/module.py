@@ -564,7 +564,7 @@ class SpeechdModule:
     def _job_event(self, u: Utterance, event: protocol.Message) -> None:
         if u.ended:
             return
-        job = event["job"]
+        job = event.get("job")
         match event:
             case protocol.Started():
                 if not u.began:
