@@ -112,6 +112,11 @@ class HFSteps(Steps):
     def step(self, embed: torch.Tensor) -> torch.Tensor:
         return self._forward(embed)
 
+    def attention(self) -> torch.Tensor:
+        """The aligned heads' attention rows of the last pass (multilingual; needs a spy)."""
+        assert self.spy is not None
+        return self.spy.attention()
+
     def close(self) -> None:
         self.past = None
         if self.spy is not None:

@@ -86,6 +86,7 @@ class StreamVocoder:
             else value
             for key, value in reference.items()
         }
+        self._align_reference()
         prompt_frames = self.reference["prompt_feat"].shape[1]
         self.prompt_noise = self._randn(1, 80, prompt_frames)
         self.token_noise = self._randn(1, 80, MEL_PER_TOKEN * max_tokens)
@@ -104,6 +105,23 @@ class StreamVocoder:
         self.tail: np.ndarray | None = None  # samples [emitted, emitted + crossfade)
         self.fade_in, self.fade_out = crossfade_weights(plan.crossfade)
         self.calls = 0
+
+    def _align_reference(self) -> None:
+        """Make the reference mel exactly 2 frames per reference token.
+
+        ``embed_ref`` keeps ``frames // 2`` tokens of a clip whose mel has an odd number
+        of frames, and the flow then lays the last reference frame over the first frame
+        of the speech: its output has one frame (480 samples) fewer than 2 per token, and
+        the speech is off by a frame. Dropping that last reference frame keeps the
+        output at exactly 960 samples per token, which the piece accounting relies on.
+        """
+        ref = self.reference
+        tokens = ref["prompt_token"].shape[1]
+        frames = min(ref["prompt_feat"].shape[1] // MEL_PER_TOKEN, tokens)
+        ref["prompt_token"] = ref["prompt_token"][:, :frames]
+        ref["prompt_token_len"] = torch.tensor([frames], device=self.device)
+        ref["prompt_feat"] = ref["prompt_feat"][:, : MEL_PER_TOKEN * frames]
+        ref["prompt_feat_len"] = None
 
     def _randn(self, *shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=self.generator, device=self.device)
