@@ -168,6 +168,8 @@ class ChatterboxEngine(Engine):
         self._source = f"hub:{HUB_REPOS[self.kind]}"  # what the weights are, for describe()
         self._voices: VoiceStore | None = None
         self._static: dict[int, Any] = {}  # batch size -> StaticSteps (cuda_graphs)
+        #: Run T3 on the static cache without CUDA graphs (how tests check that path on CPU).
+        self.static_cache_without_graphs = False
 
     @classmethod
     def from_model(
@@ -487,7 +489,7 @@ class ChatterboxEngine(Engine):
 
         t3 = self._model.t3
         spy = self.kind == "multilingual"
-        if not self.graphs_active:
+        if not (self.graphs_active or self.static_cache_without_graphs):
             return t3loop.HFSteps(t3, t3loop.AttentionSpy(t3.tfmr) if spy else None)
         from ttsd.engines.chatterbox.graphs import StaticSteps, static_spy_heads
 
@@ -497,7 +499,7 @@ class ChatterboxEngine(Engine):
                 t3,
                 batch,
                 STATIC_PROMPT_POSITIONS + self.max_speech_tokens,
-                graphs=True,
+                graphs=self.graphs_active,
                 spy_heads=static_spy_heads(t3),
             )
             self._static[batch] = static
