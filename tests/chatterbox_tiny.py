@@ -169,18 +169,38 @@ def tiny_t3(kind: str) -> Any:
 
 
 def shrink_s3gen(s3gen: Any) -> Any:
-    """Swap S3Gen's two costly networks for narrow random ones of the same classes.
+    """Swap S3Gen's costly networks for smaller random ones of the same classes.
 
-    The flow-matching estimator (``ConditionalDecoder``: 256 channels, 12 mid blocks)
-    and the HiFT vocoder (512 base channels) take seconds per call on a small CPU; with
-    64 channels and one block each the same code runs in a fraction of that, with the
-    same interfaces, sample counts (480 per mel frame) and edge behaviour in kind. The
-    speech tokenizer and speaker encoder (conditioning only) stay as they are.
+    The flow's conformer encoder (6 + 4 blocks), its flow-matching estimator
+    (``ConditionalDecoder``: 256 channels, 12 mid blocks) and the HiFT vocoder (512 base
+    channels) take seconds per call on a small CPU; with one encoder block, 64 channels
+    and one block in the estimator and 64 in HiFT the same code runs in a fraction of
+    that, with the same interfaces, sample counts (480 per mel frame) and edge
+    behaviour in kind. The speech tokenizer and speaker encoder (conditioning only)
+    stay as they are.
     """
     from chatterbox.models.s3gen.decoder import ConditionalDecoder
     from chatterbox.models.s3gen.f0_predictor import ConvRNNF0Predictor
     from chatterbox.models.s3gen.hifigan import HiFTGenerator
+    from chatterbox.models.s3gen.transformer.upsample_encoder import UpsampleConformerEncoder
 
+    # The encoder's width is fixed at 512 by its upsampling layers: fewer, thinner blocks.
+    s3gen.flow.encoder = UpsampleConformerEncoder(
+        output_size=512,
+        attention_heads=8,
+        linear_units=256,
+        num_blocks=1,
+        dropout_rate=0.1,
+        positional_dropout_rate=0.1,
+        attention_dropout_rate=0.1,
+        normalize_before=True,
+        input_layer="linear",
+        pos_enc_layer_type="rel_pos_espnet",
+        selfattention_layer_type="rel_selfattn",
+        input_size=512,
+        use_cnn_module=False,
+        macaron_style=False,
+    ).eval()
     s3gen.flow.decoder.estimator = ConditionalDecoder(
         in_channels=320,
         out_channels=80,

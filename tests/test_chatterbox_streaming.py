@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -213,7 +214,7 @@ def roughness(audio: np.ndarray, centre: int, half: int = 24) -> float:
 
 
 @pytest.fixture
-def smooth_vocoder(tiny_model: Any, monkeypatch: pytest.MonkeyPatch) -> Any:  # noqa: F811
+def smooth_vocoder(tiny_model: Any) -> Iterator[Any]:  # noqa: F811
     """Make HiFT's output smooth so that seams can be heard (measured) at all.
 
     The tiny model's random HiFT makes white noise, in which any splice is invisible.
@@ -237,9 +238,15 @@ def smooth_vocoder(tiny_model: Any, monkeypatch: pytest.MonkeyPatch) -> Any:  # 
         )
         return 0.5 * s[:, 0, :] * torch.sigmoid(level[:, 0, :])
 
-    monkeypatch.setattr(hift, "f0_predictor", SmoothPitch())
-    monkeypatch.setattr(hift, "decode", decode)
-    return tiny_model
+    # Set and restored by hand: monkeypatch's undo cannot put back a submodule.
+    original = hift.f0_predictor
+    hift.f0_predictor = SmoothPitch()
+    hift.decode = decode
+    try:
+        yield tiny_model
+    finally:
+        hift.f0_predictor = original
+        del hift.decode  # the class's method again
 
 
 def test_seams_are_no_rougher_than_the_interior(smooth_vocoder: Any, tmp_path: Path) -> None:
@@ -254,9 +261,11 @@ def test_seams_are_no_rougher_than_the_interior(smooth_vocoder: Any, tmp_path: P
         for c in range(skip, audio.size - 48, 48)
         if np.min(np.abs(seams - c)) > 1000
     ]
-    limit = float(np.percentile(interior, 99))
-    for seam in seams:
-        assert roughness(audio, int(seam)) <= limit, f"seam at {seam} is rough"
+    # No seam rougher than the roughest stretch inside pieces, and seams typical overall.
+    limit = max(interior)
+    at_seams = [roughness(audio, int(seam)) for seam in seams]
+    assert max(at_seams) <= limit, (at_seams, limit)
+    assert np.median(at_seams) <= 1.25 * np.median(interior), (at_seams, np.median(interior))
     # The statistic does catch splices: the same audio with 37 samples cut out at each
     # seam (a phase jump of the harmonics, like joining two renderings without a fade).
     spliced = [
@@ -432,10 +441,10 @@ def test_alignment_guard_can_end_a_chunk(
 
 
 def test_seeds_make_chunks_reproducible(
-    tiny_turbo: Any,  # noqa: F811
+    tiny_model: Any,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    engine = make_engine(tiny_turbo, tmp_path, max_speech_tokens=16)
+    engine = make_engine(tiny_model, tmp_path, max_speech_tokens=12)
     first = engine.synthesize(TEXT, None, {"seed": 21})
     assert np.array_equal(first, engine.synthesize(TEXT, None, {"seed": 21}))
     assert not np.array_equal(first, engine.synthesize(TEXT, None, {"seed": 22}))
@@ -456,8 +465,25 @@ def test_library_prints_and_progress_bars_stay_out_of_the_output(
 
 def test_bfloat16_runs_on_the_cpu(tiny_model: Any, tmp_path: Path) -> None:  # noqa: F811
     import torch
+    from chatterbox.tts import ChatterboxTTS
 
-    model = copy.deepcopy(tiny_model)  # load casts T3 and the estimator in place
+    # Load casts T3 and the estimator in place: give this model its own copies of those
+    # two (HiFT's weight norm cannot be deep-copied, and nothing else is cast).
+    s3gen = copy.copy(tiny_model.s3gen)
+    s3gen._modules = dict(s3gen._modules)
+    flow = s3gen.flow = copy.copy(tiny_model.s3gen.flow)
+    flow._modules = dict(flow._modules)
+    decoder = flow.decoder = copy.copy(tiny_model.s3gen.flow.decoder)
+    decoder._modules = dict(decoder._modules)
+    decoder.estimator = copy.deepcopy(tiny_model.s3gen.flow.decoder.estimator)
+    model = ChatterboxTTS(
+        copy.deepcopy(tiny_model.t3),
+        s3gen,
+        tiny_model.ve,
+        tiny_model.tokenizer,
+        "cpu",
+        conds=tiny_model.conds,
+    )
     engine = make_engine(model, tmp_path, dtype="bfloat16", max_speech_tokens=12)
     assert model.t3.speech_head.weight.dtype == torch.bfloat16
     assert model.s3gen.flow.decoder.estimator.dtype == torch.bfloat16

@@ -148,7 +148,7 @@ class StreamPlan:
     context: int = 50
     holdback: int = 3
     crossfade: int = 480
-    margin: int = 960
+    margin: int = 2400
     watermark_context: int = 4800
 
     def __post_init__(self) -> None:
