@@ -321,7 +321,13 @@ def save_checkpoint(model: Any, kind: str, directory: Path) -> Path:
     from safetensors.torch import save_file
 
     def tensors(module: Any) -> dict[str, Any]:
-        return {k: v.detach().clone().contiguous() for k, v in module.state_dict().items()}
+        # T3.inference leaves its wrapper (sharing T3's layers) as ``patched_model``: not
+        # part of a checkpoint.
+        return {
+            k: v.detach().clone().contiguous()
+            for k, v in module.state_dict().items()
+            if not k.startswith("patched_model.")
+        }
 
     directory.mkdir(parents=True, exist_ok=True)
     if kind == "multilingual":
@@ -331,7 +337,12 @@ def save_checkpoint(model: Any, kind: str, directory: Path) -> Path:
         write_tokenizer(directory / "grapheme_mtl_merged_expanded_v1.json", multilingual_specials())
     elif kind == "turbo":
         save_file(tensors(model.ve), str(directory / "ve.safetensors"))
-        save_file(tensors(model.t3), str(directory / "t3_turbo_v1.safetensors"))
+        t3 = tensors(model.t3)
+        # The hub file still holds GPT-2's token embedding, which from_local deletes after
+        # loading; the tiny model was built without it.
+        config = model.t3.cfg
+        t3["tfmr.wte.weight"] = torch.zeros(config.vocab_size, config.n_embd)
+        save_file(t3, str(directory / "t3_turbo_v1.safetensors"))
         save_file(tensors(model.s3gen), str(directory / "s3gen_meanflow.safetensors"))
         write_turbo_tokenizer(directory)
     else:

@@ -29,14 +29,15 @@ import pytest
 
 pytest.importorskip("chatterbox", reason="chatterbox-tts is not installed")
 
-from tests.chatterbox_fixtures import (  # noqa: F401 - session fixtures
-    tiny_model,
-    tiny_multilingual,
-    tiny_turbo,
-    tiny_workdir,
-)
+from tests import chatterbox_fixtures
 from ttsd.engines.base import CancelToken, EngineError
 from ttsd.engines.chatterbox import SAMPLES_PER_TOKEN, ChatterboxEngine, StreamPlan
+
+# The shared session fixtures (one build of each tiny model for the whole run).
+tiny_workdir = chatterbox_fixtures.tiny_workdir
+tiny_model = chatterbox_fixtures.tiny_model
+tiny_multilingual = chatterbox_fixtures.tiny_multilingual
+tiny_turbo = chatterbox_fixtures.tiny_turbo
 
 pytestmark = [pytest.mark.chatterbox, pytest.mark.timeout(300)]
 
@@ -105,7 +106,7 @@ def library_tokens(model: Any, kind: str, seed: int, cap: int, text: str = TEXT)
 
 
 @pytest.fixture
-def models(tiny_model: Any, tiny_multilingual: Any, tiny_turbo: Any) -> dict[str, Any]:  # noqa: F811
+def models(tiny_model: Any, tiny_multilingual: Any, tiny_turbo: Any) -> dict[str, Any]:
     return {"standard": tiny_model, "multilingual": tiny_multilingual, "turbo": tiny_turbo}
 
 
@@ -158,7 +159,7 @@ def test_pieces_add_up_to_960_samples_per_token(
 
 
 def test_each_seam_crossfades_the_kept_tail_with_the_next_rendering(
-    tiny_model: Any,  # noqa: F811
+    tiny_model: Any,
     tmp_path: Path,
 ) -> None:
     """Recorded at the watermarker's input: each call's audio and where it starts."""
@@ -214,7 +215,7 @@ def roughness(audio: np.ndarray, centre: int, half: int = 24) -> float:
 
 
 @pytest.fixture
-def smooth_vocoder(tiny_model: Any) -> Iterator[Any]:  # noqa: F811
+def smooth_vocoder(tiny_model: Any) -> Iterator[Any]:
     """Make HiFT's output smooth so that seams can be heard (measured) at all.
 
     The tiny model's random HiFT makes white noise, in which any splice is invisible.
@@ -275,7 +276,7 @@ def test_seams_are_no_rougher_than_the_interior(smooth_vocoder: Any, tmp_path: P
 
 
 def test_first_piece_comes_after_the_first_block(
-    tiny_model: Any,  # noqa: F811
+    tiny_model: Any,
     tmp_path: Path,
 ) -> None:
     engine = make_engine(tiny_model, tmp_path, max_speech_tokens=40)
@@ -292,7 +293,7 @@ def test_first_piece_comes_after_the_first_block(
 
 
 def test_non_streaming_makes_one_piece_of_the_same_tokens(
-    tiny_model: Any,  # noqa: F811
+    tiny_model: Any,
     tmp_path: Path,
 ) -> None:
     streaming = make_engine(tiny_model, tmp_path)
@@ -341,7 +342,7 @@ class _Counting:
 
 
 def test_cancel_between_pieces_stops_before_the_next_step(
-    tiny_model: Any,  # noqa: F811
+    tiny_model: Any,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -360,7 +361,7 @@ def test_cancel_between_pieces_stops_before_the_next_step(
 @pytest.mark.parametrize("at", [1, 5, 8, 12])
 def test_cancel_during_a_step_lets_only_that_step_finish(
     at: int,
-    tiny_model: Any,  # noqa: F811
+    tiny_model: Any,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -374,7 +375,7 @@ def test_cancel_during_a_step_lets_only_that_step_finish(
 
 
 def test_cancel_before_start_runs_nothing(
-    tiny_model: Any,  # noqa: F811
+    tiny_model: Any,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -386,7 +387,7 @@ def test_cancel_before_start_runs_nothing(
 
 
 def test_multilingual_keeps_its_hooks_and_attention_over_many_chunks(
-    tiny_multilingual: Any,  # noqa: F811
+    tiny_multilingual: Any,
     tmp_path: Path,
 ) -> None:
     from ttsd.engines.chatterbox.tokens import ALIGNED_HEADS
@@ -417,7 +418,7 @@ def test_multilingual_keeps_its_hooks_and_attention_over_many_chunks(
 
 
 def test_alignment_guard_can_end_a_chunk(
-    tiny_multilingual: Any,  # noqa: F811
+    tiny_multilingual: Any,
     tmp_path: Path,
 ) -> None:
     """A token repeated twice in a row forces the end, as in the library's analyzer."""
@@ -441,7 +442,7 @@ def test_alignment_guard_can_end_a_chunk(
 
 
 def test_seeds_make_chunks_reproducible(
-    tiny_model: Any,  # noqa: F811
+    tiny_model: Any,
     tmp_path: Path,
 ) -> None:
     engine = make_engine(tiny_model, tmp_path, max_speech_tokens=12)
@@ -451,7 +452,7 @@ def test_seeds_make_chunks_reproducible(
 
 
 def test_library_prints_and_progress_bars_stay_out_of_the_output(
-    tiny_turbo: Any,  # noqa: F811
+    tiny_turbo: Any,
     tmp_path: Path,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
@@ -463,7 +464,7 @@ def test_library_prints_and_progress_bars_stay_out_of_the_output(
     assert "it/s" not in out + err and "%|" not in out + err  # no tqdm bars
 
 
-def test_bfloat16_runs_on_the_cpu(tiny_model: Any, tmp_path: Path) -> None:  # noqa: F811
+def test_bfloat16_runs_on_the_cpu(tiny_model: Any, tmp_path: Path) -> None:
     import torch
     from chatterbox.tts import ChatterboxTTS
 
@@ -495,7 +496,7 @@ def test_bfloat16_runs_on_the_cpu(tiny_model: Any, tmp_path: Path) -> None:  # n
 
 
 def test_cuda_graphs_are_ignored_with_a_warning_on_the_cpu(
-    tiny_model: Any,  # noqa: F811
+    tiny_model: Any,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
