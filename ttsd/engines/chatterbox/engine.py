@@ -62,7 +62,9 @@ class ChunkStats:
     first_piece_s: float | None = None  # seconds from the call to the first piece
     cancelled: bool = False
     finished: bool = False
-    token_ids: list[int] = dataclasses.field(default_factory=list)
+    token_ids: list[int] = dataclasses.field(default_factory=list)  # every sampled id
+    t3_s: float = 0.0  # seconds in the token loop (each step waits for its token)
+    vocoder_s: float = 0.0  # seconds in vocoder calls, watermarking included
 
 
 class ChatterboxEngine(Engine):
@@ -221,6 +223,7 @@ class ChatterboxEngine(Engine):
             loaded = loading.load_model(self.kind, self.model_dir, self.device)
             model, builtin = loaded.model, loaded.model.conds
             self._source, checkpoint = loaded.source, loaded.checkpoint
+        loading.fix_library(model)
         on_cuda = self.device.startswith("cuda")
         if self.dtype != "float32":
             if not on_cuda:
@@ -452,8 +455,14 @@ class ChatterboxEngine(Engine):
                 stats.first_piece_s = time.monotonic() - started
             return float_to_int16(piece)
 
+        tokens = run.tokens
         try:
-            for token in run.tokens:
+            while True:
+                clock = time.perf_counter()
+                token = next(tokens, None)
+                stats.t3_s += time.perf_counter() - clock
+                if token is None:
+                    break
                 stats.forwards = run.steps.forwards
                 stats.token_ids.append(token)
                 if token >= SPEECH_VOCAB_SIZE:
@@ -466,7 +475,9 @@ class ChatterboxEngine(Engine):
                     continue
                 if cancel.cancelled:
                     return
+                clock = time.perf_counter()
                 piece = run.vocoder.vocode(speech, final=False)
+                stats.vocoder_s += time.perf_counter() - clock
                 at_last_call = len(speech)
                 block = next(blocks)
                 if piece.size:
@@ -477,7 +488,9 @@ class ChatterboxEngine(Engine):
             if self.kind == "turbo":
                 speech = speech + [SILENCE_TOKEN] * TURBO_TAIL_TOKENS  # as generate() does
             if speech:
+                clock = time.perf_counter()
                 piece = run.vocoder.vocode(speech, final=True)
+                stats.vocoder_s += time.perf_counter() - clock
                 if piece.size:
                     yield emit(piece)
         finally:

@@ -348,6 +348,30 @@ def quiet_output() -> Iterator[None]:
         yield
 
 
+# -- library fixes ------------------------------------------------------------------------
+
+
+def fix_library(model: Any) -> None:
+    """Work around chatterbox-tts 0.1.7 bugs that bite ttsd's environments. Idempotent.
+
+    Turbo's ``norm_loudness`` multiplies the float32 reference clip by a NumPy float64
+    gain; under NumPy 2's promotion rules (NEP 50) the clip becomes float64 and the
+    speech tokenizer then fails on it ("expected scalar type Double but found Float"),
+    so no voice can be conditioned. The wrapper hands back the clip's own dtype.
+    """
+    original = getattr(model, "norm_loudness", None)
+    if original is None or getattr(original, "_ttsd_fixed", False):
+        return
+
+    def norm_loudness(wav: Any, sr: int, *args: Any, **kwargs: Any) -> Any:
+        dtype = getattr(wav, "dtype", None)
+        result = original(wav, sr, *args, **kwargs)
+        return result.astype(dtype, copy=False) if dtype is not None else result
+
+    norm_loudness._ttsd_fixed = True  # type: ignore[attr-defined]
+    model.norm_loudness = norm_loudness
+
+
 # -- precision -------------------------------------------------------------------------------
 
 
