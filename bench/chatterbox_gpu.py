@@ -530,6 +530,8 @@ def bench_variants(
     entry["variants"] = {}
     reference_tokens: list[int] | None = None
     for name, settings in variants_for(device):
+        if args.variants and name not in args.variants.split(","):
+            continue
         if budget.left() < args.reserve_s:
             entry["variants"][name] = {"skipped": "time budget"}
             continue
@@ -631,6 +633,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", help="a local checkpoint (implies --weights dir)")
     parser.add_argument("--json", type=Path, help="write results here (after every step)")
     parser.add_argument("--markdown", type=Path, help="write the table here as well")
+    parser.add_argument(
+        "--variants",
+        default="",
+        help="comma-separated subset of fp32_stream, fp32_end_of_chunk, fp32_cuda_graphs, "
+        "bf16_stream, bf16_cuda_graphs (default: all that the device supports)",
+    )
     parser.add_argument("--budget-s", type=float, default=400.0, help="skip phases after this")
     parser.add_argument("--reserve-s", type=float, default=25.0, help="time a variant needs")
     parser.add_argument(

@@ -427,6 +427,25 @@ def test_turbo_needs_its_tokenizer_files_in_model_dir(tmp_path: Path) -> None:
     assert local_problem("turbo", tmp_path) is None
 
 
+def test_turbo_conditioning_survives_numpy2_type_promotion(tiny_turbo: Any, tmp_path: Path) -> None:
+    """NumPy 2 makes Turbo's loudness-normalised clip float64, which the tokenizer rejects."""
+    from types import SimpleNamespace
+
+    from ttsd.engines.chatterbox.loading import fix_library
+
+    promoting = SimpleNamespace(norm_loudness=lambda wav, sr: wav * np.float64(1.5))
+    fix_library(promoting)
+    fix_library(promoting)  # idempotent: one wrapper
+    clip = np.full(8, 0.1, dtype=np.float32)
+    out = promoting.norm_loudness(clip, 24000)
+    assert out.dtype == np.float32 and out[0] == pytest.approx(0.15)
+    engine = ChatterboxEngine.from_model(
+        tiny_turbo, voices_dir=tmp_path, cache_dir=tmp_path / "cache", max_speech_tokens=4
+    )
+    engine.load()  # applies the fix to the model it serves
+    assert tiny_turbo.norm_loudness(clip, 24000).dtype == np.float32
+
+
 class _Unreachable:
     """Stands in for the network: every connection or name lookup fails, and is counted."""
 

@@ -11,7 +11,7 @@
 #   bash bench/gpu/run.sh --quick --device cpu # dry run (tiny weights) anywhere
 #
 # Environment: PYTHON (python3), WHEELS (.whl), SITE (/tmp/ttsd-site), OUT
-# (./bench-out), BENCH_TIMEOUT (seconds for the benchmark process, 420), BUDGET
+# (/tmp/ttsd-bench-out), BENCH_TIMEOUT (seconds for the benchmark process, 420), BUDGET
 # (seconds after which it starts no new phase, 360). Arguments go to the benchmark.
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -19,7 +19,7 @@ cd "$root" || exit 2
 python=${PYTHON:-python3}
 wheels=${WHEELS:-.whl}
 site=${SITE:-/tmp/ttsd-site}
-out=${OUT:-$root/bench-out}
+out=${OUT:-/tmp/ttsd-bench-out}
 mkdir -p "$out"
 exec > >(tee -a "$out/chatterbox_gpu.log") 2>&1
 started=$(date +%s)

@@ -306,10 +306,9 @@ class ChatterboxEngine(Engine):
         model = self._model
         saved = model.conds
         try:
-            with loading.quiet_output():
-                model.prepare_conditionals(
-                    str(path), exaggeration=self.defaults.get("exaggeration", 0.5)
-                )
+            model.prepare_conditionals(
+                str(path), exaggeration=self.defaults.get("exaggeration", 0.5)
+            )
             conds = model.conds
         except Exception as exc:
             raise EngineError(

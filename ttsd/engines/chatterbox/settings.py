@@ -211,7 +211,7 @@ def check_settings(raw: Mapping[str, Any]) -> Settings:
         return value
 
     integer("max_speech_tokens", 1, MAX_SPEECH_TOKENS)
-    first = integer("first_block_tokens", 4, 200)
+    first = integer("first_block_tokens", 8, 200)
     integer("max_block_tokens", first, MAX_SPEECH_TOKENS)
     values["device"] = device
     return Settings(**values)
