@@ -13,6 +13,7 @@ while it is generated. The modules, one job each:
 - ``tokens``: T3's token loop, step by step (and the multilingual alignment guard);
 - ``graphs``: T3 on a static KV cache with its decoding step as a CUDA graph;
 - ``vocoder``: incremental S3Gen with hold-back, crossfades and watermarking;
+- ``chunk``: one chunk's prompt and the loop from tokens to pieces;
 - ``engine``: ``ChatterboxEngine``, which puts them together.
 
 torch and chatterbox are imported inside functions: importing this package is cheap.
@@ -20,7 +21,8 @@ torch and chatterbox are imported inside functions: importing this package is ch
 
 from __future__ import annotations
 
-from ttsd.engines.chatterbox.engine import ChatterboxEngine, ChunkStats
+from ttsd.engines.chatterbox.chunk import ChunkStats
+from ttsd.engines.chatterbox.engine import ChatterboxEngine
 from ttsd.engines.chatterbox.loading import model_class as _model_class
 from ttsd.engines.chatterbox.loading import resolve_device as _resolve_device
 from ttsd.engines.chatterbox.settings import (

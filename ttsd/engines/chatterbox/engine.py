@@ -9,7 +9,6 @@ whole chunk once, at its end (the library's own order of work).
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import logging
 import os
@@ -21,16 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from ttsd.engines.base import CancelToken, Engine, EngineError, OptionError, float_to_int16
-from ttsd.engines.chatterbox import loading
+from ttsd.engines.base import CancelToken, Engine, EngineError, OptionError
+from ttsd.engines.chatterbox import chunk, loading
 from ttsd.engines.chatterbox.settings import (
     DEFAULT_VOICE,
     GENERATE_DEFAULTS,
     HUB_REPOS,
     MAX_SPEECH_TOKENS,
     SAMPLE_RATE,
-    SILENCE_TOKEN,
-    SPEECH_VOCAB_SIZE,
     TURBO_TAIL_TOKENS,
     VOICE_NAME,
     StreamPlan,
@@ -47,24 +44,6 @@ STATIC_PROMPT_POSITIONS = 1024
 
 #: Flow-matching steps of S3Gen per model when ``vocoder_steps`` is not set (the library's).
 LIBRARY_VOCODER_STEPS = {"standard": 10, "multilingual": 10, "turbo": 2}
-
-
-@dataclasses.dataclass
-class ChunkStats:
-    """What the last ``stream`` call did, updated as it runs (for tests and benchmarks)."""
-
-    seed: int = 0
-    tokens: int = 0  # speech tokens kept so far
-    forwards: int = 0  # T3 forward passes so far
-    vocoder_calls: int = 0
-    pieces: list[int] = dataclasses.field(default_factory=list)  # samples per piece
-    tokens_at_first_piece: int | None = None
-    first_piece_s: float | None = None  # seconds from the call to the first piece
-    cancelled: bool = False
-    finished: bool = False
-    token_ids: list[int] = dataclasses.field(default_factory=list)  # every sampled id
-    t3_s: float = 0.0  # seconds in the token loop (each step waits for its token)
-    vocoder_s: float = 0.0  # seconds in vocoder calls, watermarking included
 
 
 class ChatterboxEngine(Engine):
@@ -164,7 +143,7 @@ class ChatterboxEngine(Engine):
         self.device: str | None = None  # resolved at load
         self.graphs_active = False  # cuda_graphs as it applies to the loaded device
         self.rtf: float | None = None  # measured real-time factor (CPU only)
-        self.last_chunk = ChunkStats()
+        self.last_chunk = chunk.ChunkStats()
         self._model: Any = None
         self._injected: tuple[Any, Any] | None = None  # (model, its built-in conditionals)
         self._source = f"hub:{HUB_REPOS[self.kind]}"  # what the weights are, for describe()
@@ -353,12 +332,21 @@ class ChatterboxEngine(Engine):
         if not text.strip():
             return
         started = time.monotonic()
-        stats = ChunkStats()
+        stats = chunk.ChunkStats()
         self.last_chunk = stats
         try:
             run = self._start(text, voice, options, cancel, stats)
             produced = 0
-            for piece in self._pieces(run, cancel, stats, started):
+            pieces = chunk.pieces(
+                run,
+                self.plan,
+                streaming=self.streaming,
+                turbo=self.kind == "turbo",
+                cancel=cancel,
+                stats=stats,
+                started=started,
+            )
+            for piece in pieces:
                 produced += piece.size
                 yield piece
         except EngineError:
@@ -378,8 +366,8 @@ class ChatterboxEngine(Engine):
         voice: str | None,
         options: Mapping[str, Any],
         cancel: CancelToken,
-        stats: ChunkStats,
-    ) -> Any:
+        stats: chunk.ChunkStats,
+    ) -> chunk.ChunkRun:
         """Everything a chunk needs before its first token: conditioning, tokens, loops."""
         import torch
 
@@ -405,8 +393,19 @@ class ChatterboxEngine(Engine):
         )
         cap = self.max_speech_tokens
         with torch.inference_mode():
-            cond = self._t3_cond(conds, params.get("exaggeration"))
-            text_tokens = self._text_tokens(text, language)
+            cond = chunk.t3_cond(model, self.kind, conds, params.get("exaggeration"))
+            text_tokens = chunk.text_tokens(model, self.kind, text, language)
+        # The vocoder first: the runner below may hook into the model, and ChunkRun undoes that.
+        vocoder = StreamVocoder(
+            model.s3gen,
+            conds.gen,
+            self.plan,
+            meanflow=self.kind == "turbo",
+            steps=self.vocoder_steps,
+            generator=vocoder_generator,
+            max_tokens=cap + TURBO_TAIL_TOKENS,
+            watermark=partial(model.watermarker.apply_watermark, sample_rate=SAMPLE_RATE),
+        )
         if self.kind == "turbo":
             steps = self._steps(1, cap)
             tokens = t3loop.turbo_tokens(
@@ -424,76 +423,7 @@ class ChatterboxEngine(Engine):
             tokens = t3loop.llama_tokens(
                 model.t3, cond, text_tokens, sampling, cap, token_generator, cancel, steps, guard
             )
-        vocoder = StreamVocoder(
-            model.s3gen,
-            conds.gen,
-            self.plan,
-            meanflow=self.kind == "turbo",
-            steps=self.vocoder_steps,
-            generator=vocoder_generator,
-            max_tokens=cap + TURBO_TAIL_TOKENS,
-            watermark=partial(model.watermarker.apply_watermark, sample_rate=SAMPLE_RATE),
-        )
-        return _Run(tokens, steps, vocoder)
-
-    def _pieces(
-        self, run: Any, cancel: CancelToken, stats: ChunkStats, started: float
-    ) -> Iterator[np.ndarray]:
-        """The chunk's pieces: tokens in, a vocoder call per block, int16 out."""
-        plan = self.plan
-        blocks = plan.block_sizes()
-        block = next(blocks)
-        speech: list[int] = []
-        at_last_call = 0
-
-        def emit(piece: np.ndarray) -> np.ndarray:
-            stats.vocoder_calls = run.vocoder.calls
-            stats.pieces.append(piece.size)
-            if stats.tokens_at_first_piece is None:
-                stats.tokens_at_first_piece = len(speech)
-                stats.first_piece_s = time.monotonic() - started
-            return float_to_int16(piece)
-
-        tokens = run.tokens
-        try:
-            while True:
-                clock = time.perf_counter()
-                token = next(tokens, None)
-                stats.t3_s += time.perf_counter() - clock
-                if token is None:
-                    break
-                stats.forwards = run.steps.forwards
-                stats.token_ids.append(token)
-                if token >= SPEECH_VOCAB_SIZE:
-                    continue  # not speech: the library drops these before S3Gen too
-                speech.append(token)
-                stats.tokens = len(speech)
-                if not self.streaming or len(speech) - at_last_call < block:
-                    continue
-                if not run.vocoder.ready(len(speech)):
-                    continue
-                if cancel.cancelled:
-                    return
-                clock = time.perf_counter()
-                piece = run.vocoder.vocode(speech, final=False)
-                stats.vocoder_s += time.perf_counter() - clock
-                at_last_call = len(speech)
-                block = next(blocks)
-                if piece.size:
-                    yield emit(piece)
-            stats.forwards = run.steps.forwards
-            if cancel.cancelled:
-                return
-            if self.kind == "turbo":
-                speech = speech + [SILENCE_TOKEN] * TURBO_TAIL_TOKENS  # as generate() does
-            if speech:
-                clock = time.perf_counter()
-                piece = run.vocoder.vocode(speech, final=True)
-                stats.vocoder_s += time.perf_counter() - clock
-                if piece.size:
-                    yield emit(piece)
-        finally:
-            run.close()
+        return chunk.ChunkRun(tokens, steps, vocoder)
 
     def _steps(self, batch: int, cap: int) -> Any:
         """The transformer runner for a chunk: static cache + CUDA graph, or transformers."""
@@ -515,64 +445,9 @@ class ChatterboxEngine(Engine):
                 spy_heads=static_spy_heads(t3),
             )
             self._static[batch] = static
-        return _StaticOrFallback(
+        return chunk.StaticOrFallback(
             static, cap, lambda: t3loop.HFSteps(t3, t3loop.AttentionSpy(t3.tfmr) if spy else None)
         )
-
-    def _t3_cond(self, conds: Any, exaggeration: float | None) -> Any:
-        """A fresh T3Cond for this chunk in T3's device and dtype.
-
-        Fresh because T3 caches the embedded speech prompt on the object it is given,
-        and the stored conditionals stay in float32 for every dtype. Standard and
-        multilingual take ``exaggeration`` as the library's ``generate()`` does.
-        """
-        import torch
-        from chatterbox.models.t3.modules.cond_enc import T3Cond
-
-        t3 = self._model.t3
-        source = conds.t3
-        emotion = source.emotion_adv
-        if exaggeration is not None and self.kind != "turbo":
-            emotion = exaggeration * torch.ones(1, 1, 1)
-        dtype = t3.speech_head.weight.dtype
-
-        def cast(value: Any) -> Any:
-            if not torch.is_tensor(value):
-                return value
-            return value.to(t3.device, dtype=dtype if value.is_floating_point() else None)
-
-        return T3Cond(
-            speaker_emb=cast(source.speaker_emb),
-            clap_emb=cast(source.clap_emb),
-            cond_prompt_speech_tokens=cast(source.cond_prompt_speech_tokens),
-            cond_prompt_speech_emb=None,
-            emotion_adv=cast(emotion),
-        )
-
-    def _text_tokens(self, text: str, language: str) -> Any:
-        """The text as T3's input ids (1, L), normalised as each model's ``generate()`` does."""
-        import torch.nn.functional as F
-
-        model = self._model
-        hp = model.t3.hp
-        if self.kind == "turbo":
-            from chatterbox.tts_turbo import punc_norm
-
-            encoded = model.tokenizer(
-                punc_norm(text), return_tensors="pt", padding=True, truncation=True
-            )
-            return encoded.input_ids.to(model.t3.device)
-        if self.kind == "multilingual":
-            from chatterbox.mtl_tts import punc_norm
-
-            ids = model.tokenizer.text_to_tokens(punc_norm(text), language_id=language)
-        else:
-            from chatterbox.tts import punc_norm
-
-            ids = model.tokenizer.text_to_tokens(punc_norm(text))
-        ids = F.pad(ids, (1, 0), value=hp.start_text_token)
-        ids = F.pad(ids, (0, 1), value=hp.stop_text_token)
-        return ids.to(model.t3.device)
 
     def _measure(self, elapsed: float, samples: int) -> None:
         """Track the real-time factor; warn once when the CPU is far too slow."""
@@ -606,56 +481,6 @@ class ChatterboxEngine(Engine):
         if self.rtf is not None:
             info["real_time_factor"] = round(self.rtf, 2)
         return info
-
-
-class _Run:
-    """One chunk's token generator, transformer runner and vocoder."""
-
-    def __init__(self, tokens: Iterator[int], steps: Any, vocoder: Any) -> None:
-        self.tokens = tokens
-        self.steps = steps
-        self.vocoder = vocoder
-
-    def close(self) -> None:
-        self.tokens.close()  # type: ignore[attr-defined]
-        self.steps.close()
-
-
-class _StaticOrFallback:
-    """Static cache when the prompt fits it, else transformers (decided at prefill)."""
-
-    def __init__(self, static: Any, cap: int, fallback: Any) -> None:
-        self.static = static
-        self.cap = cap
-        self.fallback = fallback
-        self.inner: Any = None
-
-    @property
-    def forwards(self) -> int:
-        return self.inner.forwards if self.inner is not None else 0
-
-    def prefill(self, embeds: Any) -> Any:
-        if self.static.fits(embeds.shape[1], self.cap):
-            self.inner = self.static
-            self.static.forwards = 0
-        else:
-            log.warning(
-                "chatterbox: a prompt of %d positions does not fit the static cache; this "
-                "chunk runs without CUDA graphs",
-                embeds.shape[1],
-            )
-            self.inner = self.fallback()
-        return self.inner.prefill(embeds)
-
-    def step(self, embed: Any) -> Any:
-        return self.inner.step(embed)
-
-    def attention(self) -> Any:
-        return self.inner.attention()
-
-    def close(self) -> None:
-        if self.inner is not None:
-            self.inner.close()
 
 
 def _xdg(variable: str, fallback: str) -> Path:
