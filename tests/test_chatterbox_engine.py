@@ -1,8 +1,9 @@
-"""The Chatterbox engine, run through the real chatterbox-tts code on a tiny random model.
+"""The Chatterbox engine, run through the real chatterbox-tts code on tiny random models.
 
-The model (see ``tests/chatterbox_tiny.py``) is built once per session (~15 s) and
-shared; each engine gets its own voices and cache directories. Generation is capped
-at a few speech tokens (40 ms of audio each) to keep every call around a second.
+The models (see ``tests/chatterbox_tiny.py``) are built once per session and shared
+(``tests/chatterbox_fixtures.py``); each engine gets its own voices and cache
+directories. Generation is capped at a few speech tokens (40 ms of audio each) to keep
+every call around a second. Streaming itself is tested in ``test_chatterbox_streaming.py``.
 
 ``TTSD_SLOW_TESTS=1`` also runs ``from_local`` on full-size random weights that the
 test writes (about 3 GB on disk and 7 GB of memory).
@@ -24,7 +25,8 @@ import pytest
 
 pytest.importorskip("chatterbox", reason="chatterbox-tts is not installed")
 
-from tests.chatterbox_tiny import build_tiny_standard, write_clip, write_tokenizer
+from tests import chatterbox_fixtures
+from tests.chatterbox_tiny import write_clip, write_tokenizer
 from ttsd.engines import create_engine
 from ttsd.engines.base import EngineError, OptionError
 from ttsd.engines.chatterbox import (
@@ -34,15 +36,16 @@ from ttsd.engines.chatterbox import (
     ChatterboxEngine,
 )
 
+# The shared session fixtures (one build of each tiny model for the whole run).
+tiny_workdir = chatterbox_fixtures.tiny_workdir
+tiny_model = chatterbox_fixtures.tiny_model
+tiny_multilingual = chatterbox_fixtures.tiny_multilingual
+tiny_turbo = chatterbox_fixtures.tiny_turbo
+
 pytestmark = [pytest.mark.chatterbox, pytest.mark.timeout(300)]  # slow when the CPU is shared
 
 CAP = 6  # speech tokens per call in these tests (0.24 s of audio at most)
 SAMPLES_PER_TOKEN = SAMPLE_RATE // 25
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return build_tiny_standard(tmp_path_factory.mktemp("tiny-chatterbox"))
 
 
 @pytest.fixture
@@ -101,7 +104,9 @@ def test_languages_match_library() -> None:
 
 
 def test_speaks_int16_at_24k_and_warns_about_cpu_speed(
-    tiny_model: Any, dirs: dict[str, Path], caplog: pytest.LogCaptureFixture
+    tiny_model: Any,
+    dirs: dict[str, Path],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     engine = make_engine(tiny_model, dirs)
     assert engine.sample_rate == 24000 == tiny_model.sr
@@ -121,18 +126,20 @@ def test_token_cap_bounds_each_call(tiny_model: Any, dirs: dict[str, Path]) -> N
     check_pcm(engine.synthesize("A somewhat longer sentence to speak.", None, {}), cap=2)
 
 
-def test_float_output_is_clipped_to_int16(tiny_model: Any, dirs: dict[str, Path]) -> None:
-    import torch
-
+def test_float_output_is_clipped_to_int16(
+    tiny_model: Any,
+    dirs: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     engine = make_engine(tiny_model, dirs)
-    loud = torch.tensor([[0.0, 0.5, -0.5, 1.0, -1.0, 3.0, -3.0]])
-    original = tiny_model.generate
-    try:
-        tiny_model.generate = lambda *a, **k: loud
-        pcm = engine.synthesize("Loud.", None, {})
-    finally:
-        tiny_model.generate = original
-    assert pcm.tolist() == [0, 16384, -16384, 32767, -32767, 32767, -32767]
+    loud = np.array([0.0, 0.5, -0.5, 1.0, -1.0, 3.0, -3.0], dtype=np.float32)
+
+    def watermark(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+        return np.resize(loud, audio.size)  # the last step before int16: make it loud
+
+    monkeypatch.setattr(tiny_model.watermarker, "apply_watermark", watermark)
+    pcm = engine.synthesize("Loud.", None, {})
+    assert pcm[:7].tolist() == [0, 16384, -16384, 32767, -32767, 32767, -32767]
 
 
 def test_cfg_weight_zero_works(tiny_model: Any, dirs: dict[str, Path]) -> None:
@@ -146,7 +153,9 @@ def test_cfg_weight_zero_works(tiny_model: Any, dirs: dict[str, Path]) -> None:
 
 
 def test_voice_clip_is_conditioned_once_and_cached(
-    tiny_model: Any, dirs: dict[str, Path], prepare_calls: list[str]
+    tiny_model: Any,
+    dirs: dict[str, Path],
+    prepare_calls: list[str],
 ) -> None:
     clip = write_clip(dirs["voices_dir"] / "alice.wav", seconds=2.0, seed=3)
     engine = make_engine(tiny_model, dirs)
@@ -171,7 +180,9 @@ def test_voice_clip_is_conditioned_once_and_cached(
 
 
 def test_default_voice_setting_names_a_clip(
-    tiny_model: Any, dirs: dict[str, Path], prepare_calls: list[str]
+    tiny_model: Any,
+    dirs: dict[str, Path],
+    prepare_calls: list[str],
 ) -> None:
     clip = write_clip(dirs["voices_dir"] / "bob.flac", seconds=2.0, seed=5)
     engine = make_engine(tiny_model, dirs, voice="bob")
@@ -181,7 +192,8 @@ def test_default_voice_setting_names_a_clip(
 
 
 def test_missing_and_unreadable_voices_fail_that_job_only(
-    tiny_model: Any, dirs: dict[str, Path]
+    tiny_model: Any,
+    dirs: dict[str, Path],
 ) -> None:
     engine = make_engine(tiny_model, dirs)
     with pytest.raises(EngineError) as missing:
@@ -297,7 +309,9 @@ def test_no_weights_anywhere_is_one_clear_error(tmp_path: Path) -> None:
 
 @pytest.mark.usefixtures("hub_offline")
 def test_model_dir_goes_through_from_local(
-    tiny_model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_model: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from chatterbox.tts import ChatterboxTTS
 
@@ -341,6 +355,188 @@ def test_unload_frees_and_reload_works(tiny_model: Any, dirs: dict[str, Path]) -
         engine.synthesize("While unloaded.", None, {})
     engine.load()
     check_pcm(engine.synthesize("After.", "carol", {}))
+
+
+def test_voice_clips_with_upper_case_suffixes_are_found(
+    tiny_model: Any,
+    dirs: dict[str, Path],
+    prepare_calls: list[str],
+) -> None:
+    bob = write_clip(dirs["voices_dir"] / "Bob.WAV", seconds=1.0, seed=9)
+    carol = write_clip(dirs["voices_dir"] / "carol.Flac", seconds=1.0, seed=10)
+    engine = make_engine(tiny_model, dirs)
+    assert engine.voices() == ["Bob", "carol", "default"]
+    assert engine.voice_path("Bob") == bob and engine.voice_path("carol") == carol
+    check_pcm(engine.synthesize("Hi.", "Bob", {}))
+    check_pcm(engine.synthesize("Hi.", "carol", {}))
+    assert prepare_calls == [str(bob), str(carol)]
+
+
+def test_a_cached_clip_is_not_read_again_until_it_changes(
+    tiny_model: Any,
+    dirs: dict[str, Path],
+    prepare_calls: list[str],
+) -> None:
+    clip = write_clip(dirs["voices_dir"] / "dora.wav", seconds=1.0, seed=11)
+    engine = make_engine(tiny_model, dirs)
+    for text in ("One.", "Two.", "Three."):
+        check_pcm(engine.synthesize(text, "dora", {}))
+    store = engine._voices
+    assert store is not None and store.clip_reads == 1  # one stat per chunk, one read
+    write_clip(clip, seconds=1.2, seed=12)  # another size: a changed clip
+    check_pcm(engine.synthesize("Four.", "dora", {}))
+    assert store.clip_reads == 2 and len(prepare_calls) == 2
+
+
+def test_disk_cache_key_covers_library_version_and_checkpoint(
+    tiny_model: Any,
+    dirs: dict[str, Path],
+    prepare_calls: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ttsd.engines.chatterbox import loading
+
+    write_clip(dirs["voices_dir"] / "eve.wav", seconds=1.0, seed=13)
+    check_pcm(make_engine(tiny_model, dirs).synthesize("Hi.", "eve", {}))
+    check_pcm(make_engine(tiny_model, dirs).synthesize("Hi.", "eve", {}))
+    assert len(prepare_calls) == 1  # the disk cache served the second engine
+    monkeypatch.setattr(loading, "library_version", lambda: "0.1.8")
+    check_pcm(make_engine(tiny_model, dirs).synthesize("Hi.", "eve", {}))
+    assert len(prepare_calls) == 2  # another library version: analysed again
+    engine = ChatterboxEngine.from_model(
+        tiny_model, model_id="other-weights", max_speech_tokens=CAP, **dirs
+    )
+    engine.load()
+    check_pcm(engine.synthesize("Hi.", "eve", {}))
+    assert len(prepare_calls) == 3  # other weights: analysed again
+    assert len(list((dirs["cache_dir"] / "chatterbox").glob("standard-*.pt"))) == 3
+
+
+def test_turbo_needs_its_tokenizer_files_in_model_dir(tmp_path: Path) -> None:
+    from ttsd.engines.chatterbox.loading import local_problem
+
+    for name in ("ve.safetensors", "t3_turbo_v1.safetensors", "s3gen_meanflow.safetensors"):
+        (tmp_path / name).write_bytes(b"")
+    problem = local_problem("turbo", tmp_path)
+    assert problem is not None
+    assert "tokenizer_config.json" in problem and "vocab.json+merges.txt" in problem
+    for name in ("tokenizer_config.json", "vocab.json"):
+        (tmp_path / name).write_bytes(b"{}")
+    assert "merges.txt" in (local_problem("turbo", tmp_path) or "")
+    (tmp_path / "merges.txt").write_bytes(b"")
+    assert local_problem("turbo", tmp_path) is None
+
+
+def test_turbo_conditioning_survives_numpy2_type_promotion(tiny_turbo: Any, tmp_path: Path) -> None:
+    """NumPy 2 makes Turbo's loudness-normalised clip float64, which the tokenizer rejects."""
+    from types import SimpleNamespace
+
+    from ttsd.engines.chatterbox.loading import fix_library
+
+    promoting = SimpleNamespace(norm_loudness=lambda wav, sr: wav * np.float64(1.5))
+    fix_library(promoting)
+    fix_library(promoting)  # idempotent: one wrapper
+    clip = np.full(8, 0.1, dtype=np.float32)
+    out = promoting.norm_loudness(clip, 24000)
+    assert out.dtype == np.float32 and out[0] == pytest.approx(0.15)
+    engine = ChatterboxEngine.from_model(
+        tiny_turbo, voices_dir=tmp_path, cache_dir=tmp_path / "cache", max_speech_tokens=4
+    )
+    engine.load()  # applies the fix to the model it serves
+    assert tiny_turbo.norm_loudness(clip, 24000).dtype == np.float32
+
+
+class _Unreachable:
+    """Stands in for the network: every connection or name lookup fails, and is counted."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import socket
+
+        self.attempts: list[str] = []
+
+        def refuse(what: str) -> Any:
+            def fail(*args: Any, **kwargs: Any) -> Any:
+                self.attempts.append(f"{what}{args[1:2]}")
+                raise OSError(101, "Network is unreachable (blocked by the test)")
+
+            return fail
+
+        monkeypatch.setattr(socket.socket, "connect", refuse("connect"))
+        monkeypatch.setattr(socket.socket, "connect_ex", refuse("connect_ex"))
+        monkeypatch.setattr(socket, "create_connection", refuse("create_connection"))
+        monkeypatch.setattr(socket, "getaddrinfo", refuse("getaddrinfo"))
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("kind", ["standard", "turbo", "multilingual"])
+def test_local_model_dir_loads_with_the_network_unreachable(
+    kind: str,
+    tiny_model: Any,
+    tiny_turbo: Any,
+    tiny_multilingual: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``from_local`` of each model on a directory written as the hub lays it out.
+
+    The library builds its full-size architecture; the test registers the tiny one under
+    the library's config names (and the tiny models' S3Gen), everything else is the real
+    loading path: weights files, tokenizer files, ``conds.pt``, Cangjie table.
+    """
+    import chatterbox.mtl_tts
+    import chatterbox.tts
+    import chatterbox.tts_turbo
+    from chatterbox.models.t3.llama_configs import LLAMA_CONFIGS
+    from chatterbox.models.t3.modules.t3_config import T3Config
+
+    from tests.chatterbox_tiny import (
+        TINY_GPT2,
+        TINY_LLAMA,
+        TINY_LLAMA_ALIGNED,
+        save_checkpoint,
+    )
+
+    model = {"standard": tiny_model, "turbo": tiny_turbo, "multilingual": tiny_multilingual}[kind]
+    model_dir = save_checkpoint(model, kind, tmp_path / "ckpt")
+    if kind == "multilingual":
+        (model_dir / "Cangjie5_TC.json").write_text('["中\\tl", "文\\tyk"]', encoding="utf-8")
+    monkeypatch.setenv("PKUSEG_HOME", str(tmp_path / "pkuseg-home"))  # empty: no segmenter
+    monkeypatch.setitem(LLAMA_CONFIGS, "Llama_520M", LLAMA_CONFIGS[TINY_LLAMA])
+    if kind == "multilingual":
+        monkeypatch.setitem(LLAMA_CONFIGS, "Llama_520M", LLAMA_CONFIGS[TINY_LLAMA_ALIGNED])
+    monkeypatch.setitem(LLAMA_CONFIGS, "GPT2_medium", LLAMA_CONFIGS[TINY_GPT2])
+    original_init = T3Config.__init__
+
+    def tiny_hp(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        self.use_perceiver_resampler = False  # the tiny T3s have none
+
+    monkeypatch.setattr(T3Config, "__init__", tiny_hp)
+    # The weights below are loaded into the session model's S3Gen object (the same values
+    # it was saved from): building a fresh one costs 15 s.
+    for module in (chatterbox.tts, chatterbox.mtl_tts, chatterbox.tts_turbo):
+        monkeypatch.setattr(module, "S3Gen", lambda meanflow=False: model.s3gen)
+
+    network = _Unreachable(monkeypatch)
+    engine = ChatterboxEngine(
+        model=kind,
+        model_dir=model_dir,
+        device="cpu",
+        voices_dir=tmp_path / "voices",
+        cache_dir=tmp_path / "cache",
+        max_speech_tokens=4,
+    )
+    engine.load()
+    assert engine.describe()["weights"] == f"dir:{model_dir.resolve()}"
+    assert engine.voices() == ["default"]  # conds.pt: the built-in voice
+    check_pcm(engine.synthesize("Hello.", None, {"seed": 1}), cap=4 + 3)
+    if kind == "multilingual":
+        tokenizer = engine.model.tokenizer
+        ids = tokenizer.encode("中文", language_id="zh")
+        assert tokenizer.tokenizer.token_to_id("[cj_l]") in ids  # the table in model_dir
+        assert tokenizer.tokenizer.token_to_id("[cj_y]") in ids
+        assert tokenizer.cangjie_converter.segmenter is None  # no pkuseg model: none used
+    assert network.attempts == []
 
 
 @pytest.mark.skipif(os.environ.get("TTSD_SLOW_TESTS") != "1", reason="set TTSD_SLOW_TESTS=1")
