@@ -27,6 +27,7 @@ pytest.importorskip("chatterbox", reason="chatterbox-tts is not installed")
 
 from tests import chatterbox_fixtures
 from tests.chatterbox_tiny import write_clip, write_tokenizer
+from ttsd import protocol
 from ttsd.engines import create_engine
 from ttsd.engines.base import EngineError, OptionError
 from ttsd.engines.chatterbox import (
@@ -629,14 +630,14 @@ async def test_daemon_speaks_with_chatterbox_at_24k(tiny_daemon: Any) -> None:
     async with await Client.connect("127.0.0.1", daemon.port) as client:
         assert "erin" in await client.voices()
         reply = await client.speak("Hello from the tiny model.", voice="erin")
-        end = await client.wait_for_job(reply["job"], timeout=120)
-        assert end["type"] == "finished", end
-        assert 0 < end["audio_seconds"] <= CAP / 25
+        end = await client.wait_for_job(reply.job, timeout=120)
+        assert isinstance(end, protocol.Finished), end
+        assert 0 < end.audio_seconds <= CAP / 25
         recorder.wait_for_silence(0.3)
         spans = sound_spans(recorder.samples(), 0.05, SAMPLE_RATE)
         assert spans, "nothing was recorded"
         heard = sum(b - a for a, b in spans) / SAMPLE_RATE
-        assert heard == pytest.approx(end["audio_seconds"], abs=0.05)
+        assert heard == pytest.approx(end.audio_seconds, abs=0.05)
 
         audio = await client.synthesize("Sent back.", voice="erin", timeout=120)
         assert audio.sample_rate == SAMPLE_RATE and audio.samples > 0
@@ -656,23 +657,54 @@ async def test_daemon_abort_during_chatterbox_generation_stops_within_a_chunk(
     daemon, recorder = tiny_daemon
     async with await Client.connect("127.0.0.1", daemon.port) as client:
         # Many chunks, each far slower to make than to play: abort mid-generation.
+        # (The engine's own tests count the steps after a cancel: at most one.)
         text = " ".join(f"Sentence number {n} is here." for n in range(8))
         loop = asyncio.get_running_loop()
         sent = loop.time()
-        job = (await client.speak(text, voice="erin"))["job"]
-        while not any(m.get("type") == "started" for m in client.job_events(job)):
-            await asyncio.sleep(0.02)
+        job = (await client.speak(text, voice="erin")).job
+        await client.wait_for(protocol.Started, job, timeout=120)
         chunk_time = loop.time() - sent  # one chunk of generation (and model load)
         aborted_at = loop.time()
         assert await client.abort_current() == [job]
         quiet_from = recorder.now_index() + int(0.1 * SAMPLE_RATE)
-        nxt = (await client.speak("Next.", voice="erin"))["job"]
+        nxt = (await client.speak("Next.", voice="erin")).job
         await client.wait_for_job(nxt, timeout=120)
         started_next = next(
-            t for t, m in client.messages if m.get("type") == "started" and m["job"] == nxt
+            t for t, m in client.messages if isinstance(m, protocol.Started) and m.job == nxt
         )
         # The generator finished at most the chunk in flight, then moved on.
         assert started_next - aborted_at < 2 * chunk_time + 2.0
-        assert [m["type"] for m in client.job_events(job)][-1] == "aborted"
+        assert isinstance(client.job_events(job)[-1], protocol.Aborted)
         after = sound_spans(recorder.samples()[quiet_from:], 0.05, SAMPLE_RATE)
         assert len(after) <= 1  # only the next job's audio after the abort
+
+
+@pytest.mark.timeout(300)
+async def test_daemon_starts_playing_before_the_chunks_token_loop_ends(
+    start_daemon: Any, pulse24: Any, tmp_path: Path
+) -> None:
+    """Token streaming through the daemon: ``started`` comes while the only chunk of the
+    job is still being made (status shows no chunk completely made yet)."""
+    from tests.chatterbox_tiny import daemon_hook_env
+    from ttsd.client import Client
+
+    voices = tmp_path / "voices"
+    write_clip(voices / "erin.wav", seconds=2.0, seed=8)
+    settings = _daemon_settings(voices)
+    settings["chatterbox"] = {"max_speech_tokens": 48, "first_block_tokens": 8, "device": "cpu"}
+    # On this CPU the model is slower than real time: gapless pacing would (rightly) wait
+    # for the whole chunk. What is tested here is that the stream reaches the player.
+    settings["gapless"] = False
+    # pacat starts a stream once its buffer is full: keep it below one 8-token piece.
+    settings["latency_ms"] = 150
+    env = daemon_hook_env(tmp_path / "hook", Path(__file__).resolve().parent.parent)
+    daemon = start_daemon(settings, env=env, pulse=pulse24)
+    async with await Client.connect("127.0.0.1", daemon.port) as client:
+        job = (await client.speak("One sentence.", voice="erin")).job
+        await client.wait_for(protocol.Started, job, timeout=200)
+        current = (await client.status()).current
+        assert current is not None and current["job"] == job
+        assert current["chunks"] == 1 and current["generated"] == 0, current
+        end = await client.wait_for_job(job, timeout=200)
+        assert isinstance(end, protocol.Finished)
+        assert 8 / 25 < end.audio_seconds <= 48 / 25 + 0.2  # more than the first piece

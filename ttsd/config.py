@@ -74,6 +74,10 @@ class Config:
     """Longest first chunk of a job, kept short so speech starts sooner."""
     ahead_seconds: float = 30.0
     """How much generated audio may wait ahead of playback."""
+    gapless: bool = True
+    """Start a job's playback only once the measured engine speed says the rest will keep
+    up (no gaps); false: start with the first piece (sooner, but a slow engine leaves
+    gaps)."""
     max_text_length: int = 20000
     """Longest text accepted in one request (characters)."""
     max_queue: int = 100
@@ -162,7 +166,7 @@ def _convert(name: str, raw: Any, origin: str) -> Any:
         if isinstance(default, list):
             value: Any = _string_list(raw)
         elif isinstance(default, bool):
-            raise AssertionError("no boolean settings")
+            value = _boolean(raw)
         elif isinstance(default, int):
             if isinstance(raw, bool | float):
                 raise ValueError
@@ -177,10 +181,23 @@ def _convert(name: str, raw: Any, origin: str) -> Any:
             value = raw
     except (TypeError, ValueError):
         kind = type(default).__name__.replace("int", "an integer").replace("float", "a number")
-        kind = {"str": "a string", "list": "a list of strings"}.get(kind, kind)
+        kind = {"str": "a string", "list": "a list of strings", "bool": "true or false"}.get(
+            kind, kind
+        )
         raise ConfigError(f"{where}{name} must be {kind}, got {raw!r}") from None
     _check(name, value, where)
     return value
+
+
+def _boolean(raw: Any) -> bool:
+    """A TOML boolean, or true/false, yes/no, on/off, 1/0 (environment, flags)."""
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.strip().lower() in ("true", "yes", "on", "1"):
+        return True
+    if isinstance(raw, str) and raw.strip().lower() in ("false", "no", "off", "0"):
+        return False
+    raise ValueError
 
 
 def _string_list(raw: Any) -> list[str]:

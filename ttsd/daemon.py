@@ -96,6 +96,7 @@ def settings_of(config: Config) -> Settings:
         chunk_chars=config.chunk_chars,
         first_chunk_chars=config.first_chunk_chars,
         ahead_seconds=config.ahead_seconds,
+        gapless=config.gapless,
         volume=config.volume,
         limits=Limits(
             max_queue=config.max_queue,

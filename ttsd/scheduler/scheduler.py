@@ -69,6 +69,8 @@ class Settings:
     chunk_chars: int = 300
     first_chunk_chars: int = 120
     ahead_seconds: float = 30.0
+    #: Hold playback until the rest can keep up (see :mod:`.pacing`); else start at once.
+    gapless: bool = True
     volume: float = 1.0
     limits: Limits = field(default_factory=Limits)
     stall_timeout: float = 5.0
@@ -657,6 +659,8 @@ class Scheduler:
     def _enough_buffered(self, job: Job) -> bool:
         if not job.pieces or not self.host.ready:
             return False
+        if not self.settings.gapless:
+            return True
         rate = self.host.sample_rate
         remaining: list[float] = []
         if job.in_progress:
