@@ -8,10 +8,6 @@ happened back to that server.
 from __future__ import annotations
 
 import http.server
-import os
-import shutil
-import signal
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,11 +16,10 @@ import numpy as np
 import pytest
 
 from tests.conftest import TONE
+from tests.support.browser import chromium
 from tests.support.expected import played_start as played
 from tests.support.pulse import Recorder
 from ttsd.engines.tone import ToneEngine
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 PAGE = """<!doctype html><title>not ttsd</title><script>
 function report(text) { fetch("/result", {method: "POST", body: text}); }
@@ -79,32 +74,11 @@ class PageServer:
 
 def run_page(url: str, profile: Path, server: PageServer, timeout: float = 40.0) -> list[str]:
     """Open ``url`` in headless Chromium until the page reports; return its reports."""
-    browser = subprocess.Popen(
-        [
-            CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-default-apps",
-            "--no-first-run",
-            f"--user-data-dir={profile}",
-            url,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its helpers share our new process group
-    )
-    try:
+    with chromium(url, profile):
         assert server.got_result.wait(timeout), "the page reported nothing"
         server.got_result.clear()
         # a refused socket reports once; a served one reports the reply, then is left open
         return list(server.results)
-    finally:
-        os.killpg(browser.pid, signal.SIGKILL)
-        browser.wait(10)
 
 
 @pytest.fixture

@@ -10,10 +10,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
-import shutil
-import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -23,10 +19,10 @@ from urllib.parse import urlencode
 import pytest
 
 from tests.conftest import TONE
+from tests.support.browser import CHROMIUM, chromium
 from tests.support.expected import tone
 from ttsd.scheduler.chunking import split_text
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs chromium")
@@ -90,26 +86,11 @@ def test_the_page_plays_streamed_frames_with_web_audio(
 ) -> None:
     daemon = start_daemon({**TONE, "allowed_origins": examples.origin})
     query = urlencode({"port": daemon.port, "text": TEXT, "autoplay": 1, "report": "/report"})
-    browser = subprocess.Popen(
-        [
-            CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-default-apps",
-            "--no-first-run",
-            "--autoplay-policy=no-user-gesture-required",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            f"{examples.origin}/stream.html?{query}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its helpers share our new process group
-    )
-    try:
+    with chromium(
+        f"{examples.origin}/stream.html?{query}",
+        tmp_path / "profile",
+        ["--autoplay-policy=no-user-gesture-required"],
+    ):
         received = examples.wait_for("received", timeout=40)
         assert received["kind"] == "received", received
         expected = tone(TEXT)
@@ -125,8 +106,5 @@ def test_the_page_plays_streamed_frames_with_web_audio(
         played = examples.wait_for("played", timeout=20)
         assert played["ended"] == received["frames"]
         assert played["contextTime"] >= len(expected) / 22050
-    finally:
-        os.killpg(browser.pid, signal.SIGKILL)
-        browser.wait(10)
     assert "synthesizing" in daemon.log
     assert "HTTP 403" not in daemon.log
