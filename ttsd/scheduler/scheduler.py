@@ -530,14 +530,16 @@ class Scheduler:
             job.in_progress = False
             self._notify()
 
-    def _cache_key(self, job: Job, index: int) -> Any:
-        return cache_key(self.host.name, job.voice, job.options, job.chunks[index].text)
+    def _cache_key(self, job: Job, index: int, source: str) -> Any:
+        """The chunk's key; ``source`` is the engine's source that makes (or made) it."""
+        engine = f"{self.host.name}:{source}" if source else self.host.name
+        return cache_key(engine, job.voice, job.options, job.chunks[index].text)
 
     def _play_cached(self, job: Job, index: int) -> bool:
         """Park chunk ``index`` from the phrase cache; False if it is not there."""
         if self.cache is None:
             return False
-        pieces = self.cache.get(self._cache_key(job, index))
+        pieces = self.cache.get(self._cache_key(job, index, self.host.source()))
         if pieces is None:
             return False
         opens = job.chunks[index].opens
@@ -555,6 +557,7 @@ class Scheduler:
         made = 0
         made_pieces: list[np.ndarray] = []
         began = last = time.monotonic()
+        source = self.host.source()
         # The engine call stops when the job ends (its token) or when a more urgent job
         # needs the engine (:meth:`_preempt`): then this chunk is made again later.
         call = CancelToken()
@@ -592,8 +595,10 @@ class Scheduler:
             return
         job.synthesis_seconds += time.monotonic() - began
         job.generated_chunks = index + 1
-        if self.cache is not None:
-            self.cache.put(self._cache_key(job, index), made_pieces)
+        # Audio is cached under the source that made it; one that changed source midway
+        # (the remote engine failing over) is not cached at all.
+        if self.cache is not None and self.host.source() == source:
+            self.cache.put(self._cache_key(job, index, source), made_pieces)
         self.pacing.observe_length(len(chunk.text), made / rate)
         log.debug(
             "job %d chunk %d/%d: %.2f s of audio in %.2f s",
