@@ -192,6 +192,8 @@ class StubServer:
         self.rate = rate
         self.mode = "ok"
         self.requests: list[dict[str, Any]] = []
+        #: Every request's path and the client's address (one address: one connection).
+        self.seen: list[tuple[str, Any]] = []
         self.stalling = threading.Event()
         self.gone = threading.Event()
         self.port = 0
@@ -210,14 +212,23 @@ class StubServer:
         return self
 
     def stop(self) -> None:
+        if self._closing:
+            return
         self._closing = True
         if self._runner is not None:
             asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
 
+    @web.middleware
+    async def _note(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        self.seen.append(
+            (request.path, request.transport and request.transport.get_extra_info("peername"))
+        )
+        return await handler(request)
+
     async def _serve(self) -> None:
-        app = web.Application()
+        app = web.Application(middlewares=[self._note])
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/v1/audio/voices", self._voices)
         app.router.add_post("/v1/audio/speech", self._speech)
@@ -656,6 +667,33 @@ def test_a_cut_answer_is_made_again_by_the_fallback_at_the_remote_rate(stub: Stu
     assert abs(len(rest) - fallback.samples_for("Cut short.") * RATE / 16000) <= 2
     assert [c["in_use"] for c in changes] == ["fallback"]
     assert "cut off mid-stream" in changes[0]["endpoints"][0]["error"]
+
+
+def test_an_idle_engine_keeps_its_connection_and_notices_a_box_gone(stub: StubServer) -> None:
+    engine = RemoteEngine(
+        url=stub.url, sample_rate=RATE, keep_alive=0.2, fallback=ToneEngine(), retry_interval=60
+    )
+    changes: list[str | None] = []
+    engine.watch(lambda: changes.append(engine.describe()["in_use"]))
+    engine.load()
+    try:
+        deadline = time.monotonic() + 10
+        # The probe, then 3 pings; the last one answered (the next is 0.2 s away).
+        while [p for p, _ in stub.seen].count("/v1/models") < 4 or engine.endpoints[0].busy:
+            assert time.monotonic() < deadline, stub.seen
+            time.sleep(0.005)
+        assert np.array_equal(
+            np.concatenate(list(engine.stream("Any text.", None, {}, CancelToken()))),
+            np.frombuffer(stub.pcm, "<i2"),
+        )
+        # The probe, the pings and the speech all went over one kept-alive connection.
+        assert len({peer for _, peer in stub.seen}) == 1, stub.seen
+        stub.stop()  # the box goes away between jobs: a ping finds out
+        while changes != ["fallback"]:
+            assert time.monotonic() < deadline + 10, changes
+            time.sleep(0.01)
+    finally:
+        engine.unload()
 
 
 # --- Settings ---------------------------------------------------------------------------

@@ -37,6 +37,11 @@ return is a log line and a change of :meth:`RemoteEngine.describe` reported to t
 host (:meth:`Engine.facts_changed`), which clients see as an ``engine`` event. A key
 the server refuses (401/403) is a mistake to fix, not an outage: at load it fails the
 engine; during a job it fails the job, with no failover.
+
+Keep-alive. After ``keep_alive`` seconds without a request, the endpoint in use is
+asked ``GET /models``: its kept-alive connection stays open (a server closes an idle
+one after a while, ttsd after 15 s, and the next chunk would pay one more round trip
+to open another), and a box that went away is found before a job needs it.
 """
 
 from __future__ import annotations
@@ -110,6 +115,10 @@ class Endpoint:
     rate: int | None = None
     #: The server's ``GET /audio/voices`` list, when it has one.
     voices: list[str] | None = None
+    #: Requests in flight, and when the last one ended (the engine loop's clock): only
+    #: the engine's loop touches these.
+    busy: int = 0
+    last_used: float = 0.0
 
 
 @dataclasses.dataclass
@@ -174,6 +183,7 @@ class RemoteEngine(Engine):
         response_format: str = "pcm",
         sample_rate: int | None = None,
         retry_interval: float = 15.0,
+        keep_alive: float = 10.0,
         extra_body: Mapping[str, Any] | None = None,
         fallback: Engine | None = None,
     ) -> None:
@@ -222,6 +232,11 @@ class RemoteEngine(Engine):
         if not 0.05 <= retry_interval <= 3600:
             raise EngineError("[remote] retry_interval must be between 0.05 and 3600 seconds")
         self.retry_interval = float(retry_interval)
+        if isinstance(keep_alive, bool) or not isinstance(keep_alive, int | float):
+            raise EngineError(f"[remote] keep_alive must be seconds, got {keep_alive!r}")
+        if keep_alive != 0 and not 0.05 <= keep_alive <= 3600:
+            raise EngineError("[remote] keep_alive must be 0 (off) or 0.05-3600 seconds")
+        self.keep_alive = float(keep_alive)
         extra = dict(extra_body or {})
         if _OWN_FIELDS & set(extra):
             raise EngineError(
@@ -236,6 +251,7 @@ class RemoteEngine(Engine):
         self._thread: threading.Thread | None = None
         self._session: Any = None  # aiohttp.ClientSession, made on the loop
         self._recheck: asyncio.Task[None] | None = None
+        self._warm: asyncio.Task[None] | None = None
 
     # --- Lifecycle -------------------------------------------------------------------
 
@@ -311,6 +327,8 @@ class RemoteEngine(Engine):
             )
         if any(e.state == DOWN for e in self.endpoints):
             self._schedule_recheck()
+        if self.keep_alive > 0:
+            self._call(self._start_keep_warm())
 
     def unload(self) -> None:
         self._stop_loop()
@@ -384,11 +402,12 @@ class RemoteEngine(Engine):
         self._loop = self._thread = self._session = None
 
     async def _close_session(self) -> None:
-        task, self._recheck = self._recheck, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in (self._recheck, self._warm):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._recheck = self._warm = None
         if self._session is not None:
             await self._session.close()
 
@@ -412,7 +431,7 @@ class RemoteEngine(Engine):
         deadline = loop.time() + self.timeout
         while True:
             try:
-                status, data = await self._get_json(endpoint.url + "/models")
+                status, data = await self._get_json(endpoint, "/models")
             except _Unavailable as exc:
                 return Probe(error=str(exc))
             if status in (401, 403):
@@ -431,7 +450,7 @@ class RemoteEngine(Engine):
                 break
             await asyncio.sleep(_RATE_POLL)
         try:
-            status, data = await self._get_json(endpoint.url + "/audio/voices")
+            status, data = await self._get_json(endpoint, "/audio/voices")
         except _Unavailable:
             return probe  # the list is optional; speech will tell
         if status in (401, 403):
@@ -441,18 +460,23 @@ class RemoteEngine(Engine):
             probe.voices = voices
         return probe
 
-    async def _get_json(self, url: str) -> tuple[int, Any]:
-        """``GET url``: its status and its JSON body (None when it is not JSON)."""
+    async def _get_json(self, endpoint: Endpoint, path: str) -> tuple[int, Any]:
+        """``GET`` ``path`` of ``endpoint``: its status and its JSON body (None when it
+        is not JSON)."""
         import aiohttp
 
+        endpoint.busy += 1
         try:
-            async with self._session.get(url) as response:
+            async with self._session.get(endpoint.url + path) as response:
                 body = await response.content.read(_BODY_LIMIT)
                 status = response.status
         except asyncio.CancelledError:
             raise
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise _Unavailable(_failure_text(exc, self.timeout, head=False)) from None
+        finally:
+            endpoint.busy -= 1
+            endpoint.last_used = asyncio.get_running_loop().time()
         try:
             return status, json.loads(body)
         except ValueError:
@@ -497,6 +521,36 @@ class RemoteEngine(Engine):
                 else:
                     with self._lock:
                         endpoint.error = probe.error
+
+    async def _start_keep_warm(self) -> None:
+        self._warm = asyncio.get_running_loop().create_task(self._keep_warm_forever())
+
+    async def _keep_warm_forever(self) -> None:
+        """Ask the endpoint in use for ``GET /models`` after ``keep_alive`` seconds
+        without a request.
+
+        The kept-alive connection would otherwise be closed after the server's idle
+        limit (15 s for ttsd, and aiohttp's own): the next chunk would pay one more
+        round trip to open a new one. It also finds a box that went away before a job
+        has to: the switch to the next endpoint or the fallback happens in between.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            endpoint = next((e for e in self.endpoints if e.state == UP), None)
+            if endpoint is None:  # the re-check asks those down
+                await asyncio.sleep(self.keep_alive)
+                continue
+            idle = loop.time() - endpoint.last_used
+            if endpoint.busy or idle < self.keep_alive:
+                await asyncio.sleep(max(0.01, self.keep_alive - idle))
+                continue
+            try:
+                status, data = await self._get_json(endpoint, "/models")
+            except _Unavailable as exc:
+                self._set_state(endpoint, DOWN, str(exc))
+                continue
+            if status == 429 or status >= 500:
+                self._set_state(endpoint, DOWN, _error_text(status, data))
 
     # --- State -----------------------------------------------------------------------
 
@@ -803,9 +857,19 @@ class RemoteEngine(Engine):
         Runs on the engine's loop. Cancelled (an abort), it closes the connection, so
         the server sees the client go away at once.
         """
+        url = endpoint.url + "/audio/speech"
+        endpoint.busy += 1
+        try:
+            await self._post(endpoint, url, body, items)
+        finally:
+            endpoint.busy -= 1
+            endpoint.last_used = asyncio.get_running_loop().time()
+
+    async def _post(
+        self, endpoint: Endpoint, url: str, body: dict[str, Any], items: queue.SimpleQueue[Any]
+    ) -> None:
         import aiohttp
 
-        url = endpoint.url + "/audio/speech"
         for attempt in (1, 2):
             head = False
             try:
