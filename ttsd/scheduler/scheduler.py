@@ -601,7 +601,7 @@ class Scheduler:
             self.cache.put(self._cache_key(job, index, source), made_pieces)
         self.pacing.observe_length(len(chunk.text), made / rate)
         log.debug(
-            "job %d chunk %d/%d: %.2f s of audio in %.2f s",
+            "job %d chunk %d/%d: %.2f s of audio in %.3f s",
             job.id,
             index + 1,
             len(job.chunks),
