@@ -467,13 +467,17 @@ class RemoteEngine(Engine):
 
         endpoint.busy += 1
         try:
-            async with self._session.get(endpoint.url + path) as response:
-                body = await response.content.read(_BODY_LIMIT)
-                status = response.status
-        except asyncio.CancelledError:
-            raise
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            raise _Unavailable(_failure_text(exc, self.timeout, head=False)) from None
+            for attempt in (1, 2):
+                try:
+                    async with self._session.get(endpoint.url + path) as response:
+                        body = await response.content.read(_BODY_LIMIT)
+                        status = response.status
+                    break
+                except aiohttp.ServerDisconnectedError as exc:
+                    if attempt == 2:  # else: a kept-alive connection closed under us
+                        raise _Unavailable(_failure_text(exc, self.timeout, head=False)) from None
+                except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                    raise _Unavailable(_failure_text(exc, self.timeout, head=False)) from None
         finally:
             endpoint.busy -= 1
             endpoint.last_used = asyncio.get_running_loop().time()
