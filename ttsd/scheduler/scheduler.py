@@ -136,6 +136,8 @@ class Scheduler:
         self._inspection: asyncio.Task[None] | None = None
         #: The job whose chunk the engine makes now, and that call's own token.
         self._making: tuple[Job, CancelToken] | None = None
+        #: The job the player waits to start (or resume) until enough audio is made.
+        self._starting: Job | None = None
         self._closed = False
 
     # --- Lifecycle -----------------------------------------------------------------
@@ -481,6 +483,8 @@ class Scheduler:
             buffered = self._buffered_seconds([playing])
             if buffered == 0 or buffered < min(LOW_WATER, self.settings.ahead_seconds):
                 return playing
+            if self._starting is playing:
+                return playing  # the player waits for enough audio to start (wait_ready)
         following = self.queue.waiting[0] if self.queue.waiting else None
         if following in speaking and following.buffered_samples == 0:
             return following  # its first words: what the listener waits for next
@@ -653,13 +657,21 @@ class Scheduler:
             await changed.wait()
 
     async def wait_ready(self, job: Job) -> None:
-        while True:
-            changed = self._changed
-            if job.failure is not None and not job.pieces:
-                raise job.failure
-            if job.generation_done or self._enough_buffered(job):
-                return
-            await changed.wait()
+        # While the player waits here, the generator makes this job's audio whatever
+        # ``ahead_seconds`` says: the pacing may want more buffered than that (a slow
+        # engine), and each would otherwise wait for the other forever.
+        self._starting = job
+        self._notify()
+        try:
+            while True:
+                changed = self._changed
+                if job.failure is not None and not job.pieces:
+                    raise job.failure
+                if job.generation_done or self._enough_buffered(job):
+                    return
+                await changed.wait()
+        finally:
+            self._starting = None
 
     def _enough_buffered(self, job: Job) -> bool:
         if not job.pieces or not self.host.ready:
