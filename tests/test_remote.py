@@ -191,6 +191,8 @@ class StubServer:
         self.pcm = np.asarray(pcm, dtype="<i2").tobytes()
         self.rate = rate
         self.mode = "ok"
+        #: Set: the models list says ttsd, and gives its rate after this many asks.
+        self.ttsd_after: int | None = None
         self.requests: list[dict[str, Any]] = []
         #: Every request's path and the client's address (one address: one connection).
         self.seen: list[tuple[str, Any]] = []
@@ -239,9 +241,13 @@ class StubServer:
         self.port = self._runner.addresses[0][1]
 
     async def _models(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {"object": "list", "data": [{"id": "tts-1", "object": "model", "owned_by": "stub"}]}
-        )
+        model: dict[str, Any] = {"id": "tts-1", "object": "model", "owned_by": "stub"}
+        if self.ttsd_after is not None:  # as ttsd: the rate once its engine "loaded"
+            model["owned_by"] = "ttsd"
+            if self.ttsd_after <= 0:
+                model["sample_rate"] = self.rate
+            self.ttsd_after -= 1
+        return web.json_response({"object": "list", "data": [model]})
 
     async def _voices(self, request: web.Request) -> web.Response:
         return web.json_response({"voices": ["amy", "bob"]})
@@ -633,6 +639,30 @@ async def test_voices_come_from_the_remote_list_and_options_only_go_to_ttsd(
         "response_format": "pcm",
     }  # no ttsd extensions for a server that is not ttsd
     assert bodies[1]["voice"] == "amy"
+
+
+def test_a_ttsd_server_is_asked_for_the_engines_rate_and_gets_its_extensions(
+    stub: StubServer,
+) -> None:
+    stub.ttsd_after, stub.rate = 3, 16000  # the "box" says its rate from the 4th ask on
+    engine = RemoteEngine(url=stub.url)
+    engine.load()
+    try:
+        assert engine.sample_rate == 16000  # waited for the box's engine to load
+        list(engine.stream("Some text.", "bob", {"noise_scale": 0, "speed": 1.5}, CancelToken()))
+    finally:
+        engine.unload()
+    assert stub.requests[0]["body"] == {
+        "model": "tts-1",
+        "input": "Some text.",
+        "voice": "bob",
+        "response_format": "pcm",
+        "speed": 1.5,
+        "format": "text",
+        "sample_rate": 16000,
+        "options": {"noise_scale": 0},
+    }
+    assert engine.describe()["endpoints"] == [{"url": stub.url, "state": "up", "server": "ttsd"}]
 
 
 def test_wav_is_read_as_it_streams_and_resampled(stub: StubServer) -> None:
