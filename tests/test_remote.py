@@ -15,7 +15,6 @@ import json
 import os
 import re
 import signal
-import socket
 import struct
 import threading
 import time
@@ -28,8 +27,9 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from tests.support.daemon import Daemon
+from tests.support.daemon import DEFAULTS, Daemon
 from tests.support.expected import played_all
+from tests.support.net import free_port
 from tests.support.pulse import Recorder, find_exact
 from ttsd import protocol
 from ttsd.client import Client
@@ -51,14 +51,6 @@ SENTENCES = (
     "And the fourth one closes the job.",
 )
 TEXT = " ".join(SENTENCES)
-
-
-def free_port() -> int:
-    """A port nothing listens on now (for a daemon restarted on the same port, or an
-    address where nobody answers)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def url_of(daemon_or_port: Daemon | int) -> str:
@@ -112,7 +104,7 @@ def start_b(start_daemon: Callable[..., Daemon], tmp_path: Path) -> Callable[...
 
     def start(remote: dict[str, Any], **settings: Any) -> Daemon:
         config = {
-            "port": 0,
+            **DEFAULTS,
             "engine": "remote",
             "idle_exit": 0,
             **settings,
