@@ -487,6 +487,17 @@ async def test_pacing_waits_for_the_next_sentence_when_it_would_outrun_the_first
     await w.scheduler.close()
 
 
+async def test_a_slow_engine_with_little_ahead_still_starts() -> None:
+    # The pacing wants more audio than ahead_seconds allows before it starts: the
+    # generator must keep making the job that waits to start, or both wait forever.
+    w = await make_world(ahead_seconds=0.5)
+    w.scheduler.pacing.rtf = 2.0  # two seconds of work per second of audio
+    job = w.say("One sentence here. " * 6)
+    await w.ended(job)
+    assert w.end_of(job).outcome is Outcome.FINISHED
+    await w.scheduler.close()
+
+
 async def test_a_repeated_phrase_plays_from_the_cache_without_the_engine(world: World) -> None:
     first = world.say("Tests passed.")
     await world.ended(first)

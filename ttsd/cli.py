@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     # same one-line error whether it comes from a flag, the environment or the file.
     serve.add_argument("--host", default=argparse.SUPPRESS, help="address to bind")
     serve.add_argument("--port", default=argparse.SUPPRESS, help="TCP port (default 11500)")
-    serve.add_argument("--engine", help="auto, piper, chatterbox or tone")
+    serve.add_argument("--engine", help="auto, piper, chatterbox, tone or remote")
     serve.add_argument("--voice", help="default voice of the engine")
     serve.add_argument("--sink", help="PulseAudio sink to play on")
     serve.add_argument("--idle-exit", help="seconds idle before exiting (0: never)")

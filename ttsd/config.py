@@ -25,7 +25,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 #: Names accepted by the ``engine`` setting (``ttsd.engines`` builds each of them).
-ENGINE_NAMES = ("auto", "piper", "chatterbox", "tone")
+ENGINE_NAMES = ("auto", "piper", "chatterbox", "tone", "remote")
 
 
 class ConfigError(Exception):
@@ -54,7 +54,8 @@ class Config:
     port: int = 11500
     """TCP port of the WebSocket API."""
     engine: str = "auto"
-    """``auto``, ``piper``, ``chatterbox`` or ``tone`` (a test tone, not speech)."""
+    """``auto``, ``piper``, ``chatterbox``, ``tone`` (a test tone, not speech) or ``remote``
+    (another machine's OpenAI-compatible speech endpoint, see docs/remote.md)."""
     voice: str = ""
     """Default voice of the engine (empty: the engine's own default)."""
     voices_dir: str = ""
@@ -126,14 +127,22 @@ class Config:
     engines: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     """Per-engine tables from the config file (``[piper]``, ``[chatterbox]``, ...)."""
 
-    def engine_settings(self, name: str) -> dict[str, Any]:
-        """The settings an engine is built with: its table plus the shared voice settings."""
+    def engine_settings(self, name: str, *, shared_voice: bool = True) -> dict[str, Any]:
+        """The settings an engine is built with: its table plus the shared voice settings.
+
+        The remote engine's local ``fallback`` engine (``[remote] fallback = "piper"``)
+        gets its own table (``[piper]``) as ``fallback_settings``, without the shared
+        ``voice``: that names a voice of the remote server, not one of the fallback's.
+        """
         settings = dict(self.engines.get(name, {}))
-        if self.voice:
+        if self.voice and shared_voice:
             settings.setdefault("voice", self.voice)
         settings.setdefault("voices_dir", self.voices_dir or str(config_home() / "voices"))
         if name == "chatterbox":
             settings.setdefault("cache_dir", str(cache_home()))
+        fallback = settings.get("fallback") if name == "remote" else None
+        if isinstance(fallback, str) and fallback in ENGINE_NAMES and fallback != name:
+            settings["fallback_settings"] = self.engine_settings(fallback, shared_voice=False)
         return settings
 
 

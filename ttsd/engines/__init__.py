@@ -48,10 +48,30 @@ def _tone(settings: Mapping[str, Any]) -> Engine:
     return ToneEngine(**{k: v for k, v in settings.items() if k not in ("voice", "voices_dir")})
 
 
+def _remote(settings: Mapping[str, Any]) -> Engine:
+    from ttsd.engines.remote import FALLBACKS, RemoteEngine
+
+    own = {k: v for k, v in settings.items() if k not in ("voices_dir", "fallback_settings")}
+    name = own.pop("fallback", None)
+    fallback = None
+    if name is not None:
+        if name not in FALLBACKS:
+            raise EngineError(
+                f"[remote] fallback must be one of {', '.join(FALLBACKS)}, got {name!r}",
+                "engine_load",
+            )
+        try:
+            fallback = create_engine(name, settings.get("fallback_settings", {}))
+        except TypeError as exc:  # an unknown key in the fallback's own table
+            raise EngineError(f"[{name}] settings (the remote fallback): {exc}") from None
+    return RemoteEngine(**own, fallback=fallback)
+
+
 _FACTORIES: dict[str, Callable[[Mapping[str, Any]], Engine]] = {
     "piper": _piper,
     "chatterbox": _chatterbox,
     "tone": _tone,
+    "remote": _remote,
 }
 
 #: Names accepted by the ``engine`` setting.

@@ -10,7 +10,12 @@ what it returns), :meth:`Engine.synthesize` and :meth:`Engine.unload` from a sin
 worker thread, one call at a time, so engines need no locking of their own.
 :meth:`Engine.validate_options`, :meth:`Engine.check_voice` and :meth:`Engine.voices`
 may be called from the event loop and must be cheap and must not touch the model.
-Only :meth:`CancelToken.cancel` crosses threads.
+Only :meth:`CancelToken.cancel` crosses threads, and, for an engine whose facts change
+on their own (the remote engine switching to its local fallback and back), the
+listener set with :meth:`Engine.watch`, which :meth:`Engine.facts_changed` calls from
+whatever thread noticed the change; :meth:`Engine.describe` and :meth:`Engine.source`
+are then read from the event loop while the engine works, so such an engine guards
+the state behind them with a lock.
 """
 
 from __future__ import annotations
@@ -91,6 +96,9 @@ class Engine(ABC):
     #: Short name used in config, logs and the protocol (``"piper"``).
     name: str = ""
 
+    #: Set by :meth:`watch`; a class attribute so that engines need no ``__init__`` call.
+    _facts_listener: Callable[[], None] | None = None
+
     @property
     @abstractmethod
     def sample_rate(self) -> int:
@@ -158,6 +166,27 @@ class Engine(ABC):
     def describe(self) -> dict[str, Any]:
         """Extra facts for ``hello``/``status`` (model, device, default voice...)."""
         return {}
+
+    def source(self) -> str:
+        """Which of its sources would make the engine's next audio ("" for an engine
+        with only one). The phrase cache keys audio by it, so that audio one source
+        made (the remote engine's local fallback) is never replayed as another's (the
+        remote voice). Cheap; read from the event loop."""
+        return ""
+
+    def watch(self, listener: Callable[[], None] | None) -> None:
+        """Have ``listener()`` called whenever :meth:`describe` or :meth:`source`
+        change on their own, outside :meth:`load` and :meth:`unload` (which the host
+        reports itself). The engine host sets it before loading the engine and emits
+        an ``engine`` event for each call. The listener may be called from any thread
+        and returns at once."""
+        self._facts_listener = listener
+
+    def facts_changed(self) -> None:
+        """Tell the host that :meth:`describe` changed (called by engines, any thread)."""
+        listener = self._facts_listener
+        if listener is not None:
+            listener()
 
 
 def check_number(

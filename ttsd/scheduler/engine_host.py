@@ -44,8 +44,10 @@ class EngineHost:
     ``engine`` may be given already built (a named engine, built at startup so that bad
     settings fail at once); otherwise ``make_engine`` builds it on the worker thread,
     since choosing ``engine = "auto"`` may import torch. ``on_change`` hears every state
-    change with :meth:`info`. ``unload_after`` > 0 unloads the model after that many
-    seconds with no call in flight while ``is_idle()`` holds.
+    change with :meth:`info`, and every change of a ready engine's own facts that the
+    engine reports (:meth:`Engine.watch`), on the event loop. ``unload_after`` > 0
+    unloads the model after that many seconds with no call in flight while
+    ``is_idle()`` holds.
     """
 
     def __init__(
@@ -74,11 +76,15 @@ class EngineHost:
         self.worker = Worker()
         self._loading: asyncio.Task[None] | None = None
         self._unloader: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        if engine is not None:
+            engine.watch(self._facts_changed)
 
     # --- Lifecycle ------------------------------------------------------------------
 
     def start(self) -> None:
         """Start loading the model in the background; returns at once."""
+        self._loop = asyncio.get_running_loop()
         self._loading = asyncio.create_task(self._load(), name="ttsd-engine-load")
         if self.unload_after > 0:
             self._unloader = asyncio.create_task(self._unload_when_idle(), name="ttsd-unload")
@@ -92,6 +98,12 @@ class EngineHost:
         for task in (self._loading, self._unloader):
             if task is not None:
                 task.cancel()
+        engine = self.engine
+        if engine is not None and self.state is EngineState.READY:
+            # Unloaded after the call in flight, on the worker like every engine call:
+            # an engine that holds threads or connections (the remote engine's HTTP
+            # loop) lets them go, so the process can exit normally.
+            self.worker.run(_quietly, engine.unload)
         self.worker.stop()
         return await self.worker.join(timeout)
 
@@ -121,11 +133,24 @@ class EngineHost:
         self.state, self.error = state, error
         self._on_change(self.info())
 
+    def _facts_changed(self) -> None:
+        """The engine's listener (any thread): report its new facts on the event loop."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(self._report_facts)
+
+    def _report_facts(self) -> None:
+        if self.ready:  # facts of an engine not ready are reported with its next state
+            self._on_change(self.info())
+
     def _build_and_load(self) -> Engine:
         engine = self.engine
         if engine is None:
             engine, self.selected = self._make_engine()
             self.name = engine.name
+            engine.watch(self._facts_changed)
             log.info("engine %s selected: %s", engine.name, self.selected)
         started = time.monotonic()
         log.info("loading engine %s", engine.name)
@@ -247,6 +272,10 @@ class EngineHost:
     def voices(self) -> list[str]:
         return self.engine.voices() if self.engine is not None else []
 
+    def source(self) -> str:
+        """The engine's source of audio now (see :meth:`Engine.source`)."""
+        return self.engine.source() if self.engine is not None else ""
+
 
 # These run on the worker thread.
 
@@ -272,6 +301,13 @@ def _next_piece(iterator: Iterator[np.ndarray]) -> Any:
     if piece is _END:
         return _END
     return np.asarray(piece, dtype=np.int16).reshape(-1)
+
+
+def _quietly(function: Callable[[], None]) -> None:
+    try:
+        function()
+    except Exception:  # leaving anyway: a failed unload is only worth a line
+        log.exception("engine unload failed")
 
 
 def _close(iterator: Iterator[np.ndarray]) -> None:

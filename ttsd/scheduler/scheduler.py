@@ -136,6 +136,8 @@ class Scheduler:
         self._inspection: asyncio.Task[None] | None = None
         #: The job whose chunk the engine makes now, and that call's own token.
         self._making: tuple[Job, CancelToken] | None = None
+        #: The job the player waits to start (or resume) until enough audio is made.
+        self._starting: Job | None = None
         self._closed = False
 
     # --- Lifecycle -----------------------------------------------------------------
@@ -481,6 +483,8 @@ class Scheduler:
             buffered = self._buffered_seconds([playing])
             if buffered == 0 or buffered < min(LOW_WATER, self.settings.ahead_seconds):
                 return playing
+            if self._starting is playing:
+                return playing  # the player waits for enough audio to start (wait_ready)
         following = self.queue.waiting[0] if self.queue.waiting else None
         if following in speaking and following.buffered_samples == 0:
             return following  # its first words: what the listener waits for next
@@ -530,14 +534,16 @@ class Scheduler:
             job.in_progress = False
             self._notify()
 
-    def _cache_key(self, job: Job, index: int) -> Any:
-        return cache_key(self.host.name, job.voice, job.options, job.chunks[index].text)
+    def _cache_key(self, job: Job, index: int, source: str) -> Any:
+        """The chunk's key; ``source`` is the engine's source that makes (or made) it."""
+        engine = f"{self.host.name}:{source}" if source else self.host.name
+        return cache_key(engine, job.voice, job.options, job.chunks[index].text)
 
     def _play_cached(self, job: Job, index: int) -> bool:
         """Park chunk ``index`` from the phrase cache; False if it is not there."""
         if self.cache is None:
             return False
-        pieces = self.cache.get(self._cache_key(job, index))
+        pieces = self.cache.get(self._cache_key(job, index, self.host.source()))
         if pieces is None:
             return False
         opens = job.chunks[index].opens
@@ -555,6 +561,7 @@ class Scheduler:
         made = 0
         made_pieces: list[np.ndarray] = []
         began = last = time.monotonic()
+        source = self.host.source()
         # The engine call stops when the job ends (its token) or when a more urgent job
         # needs the engine (:meth:`_preempt`): then this chunk is made again later.
         call = CancelToken()
@@ -592,11 +599,13 @@ class Scheduler:
             return
         job.synthesis_seconds += time.monotonic() - began
         job.generated_chunks = index + 1
-        if self.cache is not None:
-            self.cache.put(self._cache_key(job, index), made_pieces)
+        # Audio is cached under the source that made it; one that changed source midway
+        # (the remote engine failing over) is not cached at all.
+        if self.cache is not None and self.host.source() == source:
+            self.cache.put(self._cache_key(job, index, source), made_pieces)
         self.pacing.observe_length(len(chunk.text), made / rate)
         log.debug(
-            "job %d chunk %d/%d: %.2f s of audio in %.2f s",
+            "job %d chunk %d/%d: %.2f s of audio in %.3f s",
             job.id,
             index + 1,
             len(job.chunks),
@@ -648,13 +657,21 @@ class Scheduler:
             await changed.wait()
 
     async def wait_ready(self, job: Job) -> None:
-        while True:
-            changed = self._changed
-            if job.failure is not None and not job.pieces:
-                raise job.failure
-            if job.generation_done or self._enough_buffered(job):
-                return
-            await changed.wait()
+        # While the player waits here, the generator makes this job's audio whatever
+        # ``ahead_seconds`` says: the pacing may want more buffered than that (a slow
+        # engine), and each would otherwise wait for the other forever.
+        self._starting = job
+        self._notify()
+        try:
+            while True:
+                changed = self._changed
+                if job.failure is not None and not job.pieces:
+                    raise job.failure
+                if job.generation_done or self._enough_buffered(job):
+                    return
+                await changed.wait()
+        finally:
+            self._starting = None
 
     def _enough_buffered(self, job: Job) -> bool:
         if not job.pieces or not self.host.ready:

@@ -99,13 +99,19 @@ class OpenAISpeech:
         return [self.scheduler.host.name, *OPENAI_MODELS]
 
     def _model(self, name: str) -> dict[str, Any]:
-        return {
+        """OpenAI's model object, with ttsd's ``engine`` and, once it is loaded, the
+        engine's ``sample_rate`` (a remote engine asks for that rate: no resampling)."""
+        host = self.scheduler.host
+        model: dict[str, Any] = {
             "id": name,
             "object": "model",
             "created": 0,
             "owned_by": "ttsd",
-            "engine": self.scheduler.host.name,
+            "engine": host.name,
         }
+        if host.ready:
+            model["sample_rate"] = host.sample_rate
+        return model
 
     async def models(self, request: web.BaseRequest) -> web.Response:
         return json_response(
