@@ -472,8 +472,8 @@ async def test_pacing_waits_for_the_next_sentence_when_it_would_outrun_the_first
     engine = FakeEngine(pieces=1)
     engine.gate = threading.Event()
     w = await make_world(engine=engine)
-    w.scheduler.pacing.rtf = 0.5  # measured: half a second of work per second of audio
-    w.scheduler.pacing.seconds_per_char = 10 / RATE
+    w.scheduler.generator.pacing.rtf = 0.5  # measured: half a second of work per second of audio
+    w.scheduler.generator.pacing.seconds_per_char = 10 / RATE
     job = w.say("Okay. " + "This sentence is very much longer than the first one. " * 2)
     engine.gate.set()
     await until(lambda: len(engine.made) >= 1)
@@ -491,7 +491,7 @@ async def test_a_slow_engine_with_little_ahead_still_starts() -> None:
     # The pacing wants more audio than ahead_seconds allows before it starts: the
     # generator must keep making the job that waits to start, or both wait forever.
     w = await make_world(ahead_seconds=0.5)
-    w.scheduler.pacing.rtf = 2.0  # two seconds of work per second of audio
+    w.scheduler.generator.pacing.rtf = 2.0  # two seconds of work per second of audio
     job = w.say("One sentence here. " * 6)
     await w.ended(job)
     assert w.end_of(job).outcome is Outcome.FINISHED

@@ -37,7 +37,7 @@ class AudioState(str, enum.Enum):
 
 
 class Feed(Protocol):
-    """Where the player gets a job's audio (the scheduler)."""
+    """Where the player gets a job's audio (the generator)."""
 
     async def wait_ready(self, job: Job) -> None:
         """Return once playback may start without running dry (or all audio is made);

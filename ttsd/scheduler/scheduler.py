@@ -2,12 +2,10 @@
 
 Two loops run on the event loop:
 
-* the **generator** picks the job that needs audio most (the playing job when its
-  buffer runs low, the next job's first chunk, synthesis requests in turn, then the
-  rest in play order), asks the engine host for that job's next chunk and parks the
-  pieces in the job as they come; it stays within ``ahead_seconds`` of playback;
+* the :class:`.generator.Generator` makes the jobs' audio with the engine host, a
+  chunk at a time, ahead of playback;
 * the **player loop** gives the speaker to the next job (:class:`.queue.JobQueue`) and
-  has the :class:`.player.Player` play it, feeding it the job's pieces.
+  has the :class:`.player.Player` play it, fed by the generator.
 
 Requests (``submit``, the aborts, ``pause``, ``status``) are plain methods that never
 wait. Every job ends in exactly one terminal state through :meth:`Scheduler._end`,
@@ -17,7 +15,6 @@ which emits exactly one :class:`.events.JobEnded`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -27,9 +24,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ttsd.audio.output import AudioOutput, PlaybackError
-from ttsd.engines import CancelToken, EngineError
+from ttsd.engines import EngineError
 from ttsd.errors import Code
-from ttsd.scheduler.cache import PhraseCache, cache_key
 from ttsd.scheduler.chunking import chunk_speech
 from ttsd.scheduler.engine_host import EngineHost
 from ttsd.scheduler.events import (
@@ -46,8 +42,8 @@ from ttsd.scheduler.events import (
     SpeakerPaused,
     SpeakerResumed,
 )
-from ttsd.scheduler.jobs import Job, JobKind, JobState, Piece, Priority
-from ttsd.scheduler.pacing import Pacing
+from ttsd.scheduler.generator import Changes, Generator
+from ttsd.scheduler.jobs import Job, JobKind, JobState, Priority
 from ttsd.scheduler.player import AudioState, Listener, Player
 from ttsd.scheduler.queue import Admission, JobQueue, Limits
 
@@ -57,9 +53,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("ttsd.scheduler")
 
 Emit = Callable[[Event], None]
-
-#: A playing job with less audio buffered than this (seconds) is served first.
-LOW_WATER = 3.0
 
 
 @dataclass(frozen=True)
@@ -126,18 +119,19 @@ class Scheduler:
             stall_timeout=settings.stall_timeout,
         )
         self.output = output
-        self.pacing = Pacing()
-        self.cache = PhraseCache(settings.cache_bytes) if settings.cache_bytes > 0 else None
+        self.changes = Changes()
+        self.generator = Generator(
+            self.queue,
+            host,
+            self.changes,
+            ahead_seconds=settings.ahead_seconds,
+            gapless=settings.gapless,
+            cache_bytes=settings.cache_bytes,
+        )
         self.last_activity = time.monotonic()
-        self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._playing: asyncio.Task[None] | None = None
-        self._synthesis_turn = 0
         self._inspection: asyncio.Task[None] | None = None
-        #: The job whose chunk the engine makes now, and that call's own token.
-        self._making: tuple[Job, CancelToken] | None = None
-        #: The job the player waits to start (or resume) until enough audio is made.
-        self._starting: Job | None = None
         self._closed = False
 
     # --- Lifecycle -----------------------------------------------------------------
@@ -147,7 +141,7 @@ class Scheduler:
         self.host.start()
         self.player.watch()
         self._tasks = [
-            asyncio.create_task(self._generate_forever(), name="ttsd-generator"),
+            asyncio.create_task(self.generator.run(), name="ttsd-generator"),
             asyncio.create_task(self._play_forever(), name="ttsd-player"),
             asyncio.create_task(self.player.check(), name="ttsd-audio-check"),
         ]
@@ -180,9 +174,8 @@ class Scheduler:
         return self.queue.busy
 
     def _notify(self) -> None:
-        """Wake whoever waits for a change of jobs or audio (both loops, feeds)."""
-        self._changed.set()
-        self._changed = asyncio.Event()
+        """Wake whoever waits for a change of jobs or audio (both loops, the feed)."""
+        self.changes.notify()
 
     # --- Requests ----------------------------------------------------------------------
 
@@ -235,7 +228,7 @@ class Scheduler:
             self._emit(JobQueued(job, self.queue.position(job) if not admission.dropped else 1))
             self._carry_out(admission)
             if not job.state.done:
-                self._preempt(job)
+                self.generator.preempt(job)
         self._notify()
         return job
 
@@ -356,7 +349,7 @@ class Scheduler:
             "paused": self.player.paused,
             "engine": self.host.info(),
             "audio": self.player.info(),
-            "cache": self.cache.info() if self.cache is not None else None,
+            "cache": self.generator.cache.info() if self.generator.cache is not None else None,
         }
 
     def voices(self) -> list[str]:
@@ -383,7 +376,7 @@ class Scheduler:
         """
         try:
             while True:
-                piece = await self.next_piece(job)
+                piece = await self.generator.next_piece(job)
                 if piece is None:
                     break
                 yield piece.pcm
@@ -462,250 +455,11 @@ class Scheduler:
         if self._playing is not None and not self._playing.done():
             self._playing.cancel()
 
-    # --- Generation ---------------------------------------------------------------------
-
-    def _buffered_seconds(self, jobs: Iterable[Job]) -> float:
-        if not self.host.ready:
-            return 0.0
-        return sum(job.buffered_samples for job in jobs) / self.host.sample_rate
-
-    def _needs_audio(self, job: Job) -> bool:
-        return not job.state.done and not job.in_progress and job.next_chunk < len(job.chunks)
-
-    def _next_to_generate(self) -> Job | None:
-        """The job whose next chunk the engine should make now, if any."""
-        speaking = [job for job in self.queue.speaking_jobs() if self._needs_audio(job)]
-        within_ahead = (
-            self._buffered_seconds(self.queue.speaking_jobs()) < self.settings.ahead_seconds
-        )
-        playing = self.queue.playing
-        if playing in speaking:
-            buffered = self._buffered_seconds([playing])
-            if buffered == 0 or buffered < min(LOW_WATER, self.settings.ahead_seconds):
-                return playing
-            if self._starting is playing:
-                return playing  # the player waits for enough audio to start (wait_ready)
-        following = self.queue.waiting[0] if self.queue.waiting else None
-        if following in speaking and following.buffered_samples == 0:
-            return following  # its first words: what the listener waits for next
-        making = [job for job in self.queue.making if self._needs_audio(job)]
-        if making:
-            self._synthesis_turn = (self._synthesis_turn + 1) % len(making)
-            return making[self._synthesis_turn]
-        if speaking and within_ahead:
-            return speaking[0]
-        return None
-
-    async def _generate_forever(self) -> None:
-        while True:
-            changed = self._changed
-            job = self._next_to_generate()
-            if job is None:
-                await changed.wait()
-                continue
-            try:
-                await self._generate_chunk(job)
-            except Exception as exc:  # a bug here must cost one job, not all speech
-                log.exception("generator failed on job %d", job.id)
-                job.failure = EngineError(f"internal error: {exc!r}", Code.INTERNAL_ERROR)
-                self._notify()
-
-    async def _generate_chunk(self, job: Job) -> None:
-        host = self.host
-        index = job.next_chunk
-        token = job.cancel
-        job.in_progress = True
-        job.next_chunk += 1
-        try:
-            if not await host.ensure_ready():
-                self._fail_all_unmade(f"the engine failed to load: {host.error}")
-                return
-            if not job.options_checked:
-                try:
-                    options = host.check(job.voice, job.options)
-                except Rejection as exc:
-                    job.failure = EngineError(exc.message, Code.BAD_OPTION)
-                    return
-                job.options = dict(options or {})
-                job.options_checked = True
-            if not self._play_cached(job, index):
-                await self._stream_chunk(job, index, token)
-        finally:
-            job.in_progress = False
-            self._notify()
-
-    def _cache_key(self, job: Job, index: int, source: str) -> Any:
-        """The chunk's key; ``source`` is the engine's source that makes (or made) it."""
-        engine = f"{self.host.name}:{source}" if source else self.host.name
-        return cache_key(engine, job.voice, job.options, job.chunks[index].text)
-
-    def _play_cached(self, job: Job, index: int) -> bool:
-        """Park chunk ``index`` from the phrase cache; False if it is not there."""
-        if self.cache is None:
-            return False
-        pieces = self.cache.get(self._cache_key(job, index, self.host.source()))
-        if pieces is None:
-            return False
-        opens = job.chunks[index].opens
-        for number, pcm in enumerate(pieces):
-            job.pieces.append(Piece(index, pcm, first=opens and number == 0))
-            job.buffered_samples += len(pcm)
-        job.generated_chunks = index + 1
-        log.debug("job %d chunk %d/%d: from the phrase cache", job.id, index + 1, len(job.chunks))
-        return True
-
-    async def _stream_chunk(self, job: Job, index: int, token: CancelToken) -> None:
-        chunk = job.chunks[index]
-        rate = self.host.sample_rate
-        first = True
-        made = 0
-        made_pieces: list[np.ndarray] = []
-        began = last = time.monotonic()
-        source = self.host.source()
-        # The engine call stops when the job ends (its token) or when a more urgent job
-        # needs the engine (:meth:`_preempt`): then this chunk is made again later.
-        call = CancelToken()
-        unlink = token.on_cancel(call.cancel)
-        self._making = (job, call)
-        try:
-            async with contextlib.aclosing(
-                self.host.stream(chunk.text, job.voice, job.options, call)
-            ) as pieces:
-                async for pcm in pieces:
-                    now = time.monotonic()
-                    self.pacing.observe_speed(now - last, len(pcm) / rate)
-                    last = now
-                    if token is not job.cancel or job.state.done:
-                        return  # aborted or restarted while making it: drop the audio
-                    job.pieces.append(Piece(index, pcm, first and chunk.opens))
-                    job.buffered_samples += len(pcm)
-                    job.synthesized_samples += len(pcm)
-                    made += len(pcm)
-                    made_pieces.append(pcm)
-                    first = False
-                    self._notify()
-        except EngineError as exc:
-            if token is job.cancel and not job.state.done and not call.cancelled:
-                log.warning("job %d chunk %d: %s", job.id, index + 1, exc)
-                job.failure = exc
-            return
-        finally:
-            unlink()
-            self._making = None
-        if token is not job.cancel or job.state.done:
-            return
-        if call.cancelled:  # preempted: forget its pieces, make the chunk again later
-            self._take_back(job, index, len(made_pieces))
-            return
-        job.synthesis_seconds += time.monotonic() - began
-        job.generated_chunks = index + 1
-        # Audio is cached under the source that made it; one that changed source midway
-        # (the remote engine failing over) is not cached at all.
-        if self.cache is not None and self.host.source() == source:
-            self.cache.put(self._cache_key(job, index, source), made_pieces)
-        self.pacing.observe_length(len(chunk.text), made / rate)
-        log.debug(
-            "job %d chunk %d/%d: %.2f s of audio in %.3f s",
-            job.id,
-            index + 1,
-            len(job.chunks),
-            made / rate,
-            time.monotonic() - began,
-        )
-
-    def _preempt(self, urgent: Job) -> None:
-        """Stop making audio for a job that will play after ``urgent``, if ``urgent``
-        needs the engine now: an important message must not wait for the rest of a
-        later job's sentence (seconds, with Chatterbox)."""
-        making = self._making
-        if making is None or urgent.kind is not JobKind.SPEAK:
-            return
-        job, call = making
-        order = list(self.queue.speaking_jobs())
-        if job is urgent or job not in order or job is self.queue.playing:
-            return
-        if order.index(urgent) < order.index(job):
-            log.debug("job %d preempts the making of job %d", urgent.id, job.id)
-            call.cancel()
-
-    def _take_back(self, job: Job, index: int, count: int) -> None:
-        """Undo the making of chunk ``index`` of ``job`` (its last ``count`` pieces)."""
-        if sum(1 for piece in job.pieces if piece.chunk == index) == count:
-            for _ in range(count):
-                piece = job.pieces.pop()
-                job.buffered_samples -= len(piece.pcm)
-            job.next_chunk = index
-        # else: some of it was taken for playback meanwhile; what was made stays.
-
-    def _fail_all_unmade(self, message: str) -> None:
-        """The engine cannot load: every job still waiting for audio fails."""
-        for job in self.queue.all_jobs():
-            if not job.generation_done or job.in_progress:
-                job.failure = EngineError(message, Code.ENGINE_UNAVAILABLE)
-        self._notify()
-
-    # --- Feeding the player (the Feed protocol) ------------------------------------------
-
-    async def engine_ready(self, job: Job) -> int:
-        """Wait until the engine is loaded; return its sample rate (raise if it failed)."""
-        while True:
-            changed = self._changed
-            if self.host.ready:
-                return self.host.sample_rate
-            if job.failure is not None:
-                raise job.failure
-            await changed.wait()
-
-    async def wait_ready(self, job: Job) -> None:
-        # While the player waits here, the generator makes this job's audio whatever
-        # ``ahead_seconds`` says: the pacing may want more buffered than that (a slow
-        # engine), and each would otherwise wait for the other forever.
-        self._starting = job
-        self._notify()
-        try:
-            while True:
-                changed = self._changed
-                if job.failure is not None and not job.pieces:
-                    raise job.failure
-                if job.generation_done or self._enough_buffered(job):
-                    return
-                await changed.wait()
-        finally:
-            self._starting = None
-
-    def _enough_buffered(self, job: Job) -> bool:
-        if not job.pieces or not self.host.ready:
-            return False
-        if not self.settings.gapless:
-            return True
-        rate = self.host.sample_rate
-        remaining: list[float] = []
-        if job.in_progress:
-            chunk = job.chunks[job.next_chunk - 1]
-            made = sum(len(p.pcm) for p in job.pieces if p.chunk == chunk.index) / rate
-            remaining.append(max(0.0, self.pacing.estimate(len(chunk.text)) - made))
-        remaining += [self.pacing.estimate(len(c.text)) for c in job.chunks[job.next_chunk :]]
-        return job.buffered_samples / rate >= self.pacing.needed(remaining)
-
-    async def next_piece(self, job: Job) -> Piece | None:
-        while True:
-            changed = self._changed
-            if job.pieces:
-                piece = job.pieces.popleft()
-                job.buffered_samples -= len(piece.pcm)
-                self._notify()  # the generator may go further ahead now
-                return piece
-            if job.failure is not None:
-                raise job.failure
-            if job.generation_done or job.state.done:
-                return None
-            await changed.wait()
-
     # --- Playing ------------------------------------------------------------------------
 
     async def _play_forever(self) -> None:
         while True:
-            changed = self._changed
+            changed = self.changes.current
             job = None if self._closed else self.queue.take_turn()
             if job is None:
                 await changed.wait()
@@ -721,8 +475,8 @@ class Scheduler:
         """Play ``job``; every way out of here but a postponement ends the job."""
         listener = Listener(started=self._on_started, sentence=self._on_sentence)
         try:
-            rate = await self.engine_ready(job)
-            await self.player.play(job, rate, self, listener)
+            rate = await self.generator.engine_ready(job)
+            await self.player.play(job, rate, self.generator, listener)
         except asyncio.CancelledError:
             return  # ended (or postponed) by whoever cancelled: they emitted the event
         except Exception as exc:
