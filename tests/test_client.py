@@ -10,7 +10,7 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
 from tests.support.daemon import Daemon
-from tests.support.events import job_story, kinds
+from tests.support.events import job_story, kinds, poll
 from ttsd import protocol
 from ttsd.client import (
     Client,
@@ -76,8 +76,16 @@ async def test_request_timeout_is_a_timeout_error(start_daemon) -> None:
         with pytest.raises(RequestTimeout) as caught:
             await client.synthesize("Slow to make.", timeout=0.3)
         assert isinstance(caught.value, TimeoutError)
+
+        async def loaded() -> bool:
+            return (await client.status()).engine["state"] == "ready"
+
+        await poll(loaded, what="the engine ready")
+    # Connected once the engine is ready, so no event is due (the engine's state change
+    # could otherwise arrive within the 0.1 s on a busy machine).
+    async with await Client.connect("127.0.0.1", daemon.port) as quiet:
         with pytest.raises(RequestTimeout):
-            await client.next_event(timeout=0.1)
+            await quiet.next_event(timeout=0.1)
 
 
 async def test_daemon_stopping_ends_jobs_then_closes_cleanly(daemon: Daemon) -> None:
