@@ -29,7 +29,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from websockets.asyncio.server import Server as WebSocketServer
@@ -275,9 +275,9 @@ class IdleExit:
         return self.seconds > 0 and self.idle_for() >= self.seconds
 
     def _nobody(self, listener: WebSocketServer) -> bool:
-        # handler_tasks includes connections still in their opening handshake;
+        # The handlers include connections still in their opening handshake;
         # ``arriving``, those whose first request is still being read, and HTTP requests.
-        handling = any(not task.done() for task in listener.handler_tasks)
+        handling = any(not task.done() for task in _handler_tasks(listener))
         return (
             not handling
             and not self.server.arriving
@@ -318,6 +318,14 @@ class IdleExit:
         old.close()  # closes fd; the socket lives on in ``spare``
         listener.server = new
         await new.start_serving()
+
+
+def _handler_tasks(listener: WebSocketServer) -> Iterable[asyncio.Task[None]]:
+    """The tasks of the server's connection handlers, handshakes under way included."""
+    tasks = getattr(listener, "handler_tasks", None)  # websockets 17 and later
+    if tasks is None:  # websockets 14-16 (the newest on Python 3.10): connection -> task
+        tasks = listener.handlers.values()  # type: ignore[attr-defined]
+    return tasks  # type: ignore[no-any-return]
 
 
 def main(overrides: dict[str, Any] | None = None) -> int:
