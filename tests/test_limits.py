@@ -216,3 +216,31 @@ async def test_a_slow_client_dropped_mid_job_does_not_stop_the_job(start_daemon)
         end = await client.wait_for_job(job, timeout=10)
         assert isinstance(end, protocol.Finished) and end.spoken_chars == len(text)
     sleeper.close()
+
+
+async def test_a_slow_client_dropped_has_gone_so_its_opted_in_job_ends(start_daemon) -> None:
+    # Dropped for not reading, a client has left as one that closes does: a job that
+    # asked to end with its connection ends (and the idle clock starts from then).
+    daemon = start_daemon({**TONE, "send_buffer_limit": 8192, "max_requests_per_second": 1e5})
+    sleeper = RawSocket(daemon.port, rcvbuf=4096)
+    assert sleeper.handshake()[0] == 101
+    long_text = "Long enough to outlast the flood. " * 20
+    sleeper.send_json({"type": "speak", "id": 1, "text": long_text, "cancel_on_disconnect": True})
+    async with await Client.connect("127.0.0.1", daemon.port) as client:
+
+        async def playing() -> bool:
+            return (await client.status()).current is not None
+
+        await poll(playing, what="the sleeper's job playing")
+        current = (await client.status()).current
+        assert current is not None
+        job = current["job"]
+        for _ in range(1000):  # enough events to drop the sleeper (see above)
+            extra = (await client.speak("filler")).job
+            await client.abort(extra)
+            if "not reading" in daemon.log:
+                break
+        assert "not reading" in daemon.log
+        end = await client.wait_for_job(job, timeout=10)
+        assert isinstance(end, protocol.Aborted) and end.reason == "client_disconnected"
+    sleeper.close()

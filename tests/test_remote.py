@@ -777,3 +777,20 @@ def test_a_key_file_others_may_read_is_refused(tmp_path: Path) -> None:
     with pytest.raises(EngineError, match="chmod 600"):
         engine.load()
     assert os.stat(key).st_mode & 0o777 == 0o644
+
+
+async def test_a_body_that_comes_in_segments_is_read_whole() -> None:
+    # aiohttp's read(n) returns what has arrived so far: a /models answer split
+    # across TCP segments must still be parsed whole.
+    from ttsd.engines.remote import _read_body
+
+    class Segments:
+        def __init__(self, parts: list[bytes]) -> None:
+            self.parts = parts
+
+        async def read(self, n: int) -> bytes:
+            return self.parts.pop(0)[:n] if self.parts else b""
+
+    body = await _read_body(Segments([b'{"data": [', b'{"id": "tts-1"}', b"]}"]))
+    assert json.loads(body) == {"data": [{"id": "tts-1"}]}
+    assert len(await _read_body(Segments([b"x" * 10] * 5), limit=25)) == 25

@@ -287,6 +287,9 @@ async def test_an_engine_failure_plays_what_was_made_then_fails_the_job() -> Non
     heard = w.output.opened[0].heard()
     first = pcm_of("Fine first sentence.")
     assert np.array_equal(heard[: len(first)], first)
+    # The failed chunk's first piece was made, and plays; nothing after the hole does.
+    assert len(heard) == len(first) + len(pcm_of("This one is BROKEN.")) // 2
+    assert not any(text == "Never reached." for text, _ in w.engine.made)
     assert w.end_of(other).outcome is Outcome.FINISHED
     await w.scheduler.close()
 
@@ -551,3 +554,39 @@ async def test_an_urgent_job_preempts_the_making_of_a_later_job() -> None:
     chunks = split_text("z" * 280, 300, 120)  # a long word: cut at the first chunk's limit
     assert np.array_equal(heard_later, np.concatenate([pcm_of(c) for c in chunks]))
     await w.scheduler.close()
+
+
+class RateEngine(FakeEngine):
+    """A fake engine whose sample rate can change between loads (as a remote one's)."""
+
+    rate = RATE
+
+    @property
+    def sample_rate(self) -> int:
+        return self.rate
+
+
+async def test_a_phrase_cached_at_one_rate_is_made_again_at_another() -> None:
+    engine = RateEngine()
+    w = await make_world(engine=engine)
+    first = w.say("Tests passed.")
+    await w.ended(first)
+    calls = engine.calls
+    engine.rate = RATE * 2  # say, the engine came back from an unload at another rate
+    again = w.say("Tests passed.")
+    await w.ended(again)
+    assert engine.calls == calls + 1
+    await w.scheduler.close()
+
+
+async def test_an_aborted_synthesis_hands_out_no_more_audio(world: World) -> None:
+    job = world.scheduler.submit(
+        Order(text="One. Two. Three. Four.", client="x", kind=JobKind.SYNTHESIZE)
+    )
+    audio = world.scheduler.audio(job)
+    await anext(audio)
+    await until(lambda: job.generation_done)  # the rest is made and waiting
+    world.scheduler.abort_job(job.id)
+    with pytest.raises(Rejection) as caught:
+        await anext(audio)
+    assert caught.value.code is Code.ABORTED

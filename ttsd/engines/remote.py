@@ -470,7 +470,7 @@ class RemoteEngine(Engine):
             for attempt in (1, 2):
                 try:
                     async with self._session.get(endpoint.url + path) as response:
-                        body = await response.content.read(_BODY_LIMIT)
+                        body = await _read_body(response.content)
                         status = response.status
                     break
                 except aiohttp.ServerDisconnectedError as exc:
@@ -545,7 +545,10 @@ class RemoteEngine(Engine):
                 await asyncio.sleep(self.keep_alive)
                 continue
             idle = loop.time() - endpoint.last_used
-            if endpoint.busy or idle < self.keep_alive:
+            if endpoint.busy:  # a request in flight keeps the connection open
+                await asyncio.sleep(self.keep_alive)
+                continue
+            if idle < self.keep_alive:
                 await asyncio.sleep(max(0.01, self.keep_alive - idle))
                 continue
             try:
@@ -891,7 +894,7 @@ class RemoteEngine(Engine):
             complete = False
             try:
                 if response.status != 200:
-                    data = await response.content.read(_BODY_LIMIT)
+                    data = await _read_body(response.content)
                     complete = True
                     items.put(_refusal(endpoint.url, response.status, data))
                     return
@@ -988,6 +991,23 @@ def _summary(endpoint: Endpoint, probe: Probe) -> str:
     if probe.voices is not None:
         parts.append(f"{len(probe.voices)} voices")
     return ", ".join(parts) or "an OpenAI-compatible server"
+
+
+async def _read_body(content: Any, limit: int = _BODY_LIMIT) -> bytes:
+    """A response's whole body, up to ``limit`` bytes.
+
+    aiohttp's ``StreamReader.read(n)`` returns what is buffered so far, not all of it:
+    a JSON body that arrives in several segments would be cut.
+    """
+    parts: list[bytes] = []
+    size = 0
+    while size < limit:
+        data = await content.read(limit - size)
+        if not data:
+            break
+        parts.append(data)
+        size += len(data)
+    return b"".join(parts)
 
 
 def _int_header(value: str | None) -> int | None:

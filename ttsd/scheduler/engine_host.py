@@ -211,7 +211,7 @@ class EngineHost:
         """Check a request's voice and options; return the options normalised.
 
         None means the engine is not built yet (``auto`` is still choosing): the
-        caller checks again with :meth:`check_late` before the first call.
+        generator checks again before the job's first call.
         """
         if self.engine is None:
             return None

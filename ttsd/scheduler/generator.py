@@ -85,7 +85,14 @@ class Generator:
         return sum(job.buffered_samples for job in jobs) / self.host.sample_rate
 
     def _needs_audio(self, job: Job) -> bool:
-        return not job.state.done and not job.in_progress and job.next_chunk < len(job.chunks)
+        # A failed chunk ends the job's making: what was made before it plays, then the
+        # error (the rest would be a hole in the middle of the text).
+        return (
+            not job.state.done
+            and not job.in_progress
+            and job.failure is None
+            and job.next_chunk < len(job.chunks)
+        )
 
     def _next_to_generate(self) -> Job | None:
         """The job whose next chunk the engine should make now, if any."""
@@ -133,6 +140,8 @@ class Generator:
             if not await host.ensure_ready():
                 self._fail_all_unmade(f"the engine failed to load: {host.error}")
                 return
+            if token is not job.cancel or job.state.done:
+                return  # ended, or postponed and restarted, while the engine loaded
             if not job.options_checked:
                 try:
                     options = host.check(job.voice, job.options)
@@ -148,8 +157,13 @@ class Generator:
             self.changes.notify()
 
     def _cache_key(self, job: Job, index: int, source: str) -> Any:
-        """The chunk's key; ``source`` is the engine's source that makes (or made) it."""
+        """The chunk's key; ``source`` is the engine's source that makes (or made) it.
+
+        The sample rate is part of it: an engine may come back from an unload at
+        another rate (the remote engine picks its rate at each load).
+        """
         engine = f"{self.host.name}:{source}" if source else self.host.name
+        engine = f"{engine}@{self.host.sample_rate}"
         return cache_key(engine, job.voice, job.options, job.chunks[index].text)
 
     def _play_cached(self, job: Job, index: int) -> bool:
@@ -198,9 +212,13 @@ class Generator:
                     first = False
                     self.changes.notify()
         except EngineError as exc:
-            if token is job.cancel and not job.state.done and not call.cancelled:
-                log.warning("job %d chunk %d: %s", job.id, index + 1, exc)
-                job.failure = exc
+            if token is not job.cancel or job.state.done:
+                return
+            if call.cancelled:  # preempted, and the engine said so with an error
+                self._take_back(job, index, len(made_pieces))
+                return
+            log.warning("job %d chunk %d: %s", job.id, index + 1, exc)
+            job.failure = exc
             return
         finally:
             unlink()
@@ -303,6 +321,8 @@ class Generator:
     async def next_piece(self, job: Job) -> Piece | None:
         while True:
             changed = self.changes.current
+            if job.state.done:
+                return None  # ended (an abort): no more of its audio goes out
             if job.pieces:
                 piece = job.pieces.popleft()
                 job.buffered_samples -= len(piece.pcm)

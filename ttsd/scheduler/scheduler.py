@@ -410,6 +410,8 @@ class Scheduler:
         heard = self.player.heard(job)  # before its stream is killed
         if not self.queue.end(job, outcome):
             return False
+        job.pieces.clear()  # audio nobody will hear (or read) now
+        job.buffered_samples = 0
         if was_playing:
             self._stop_playing(job)
         job.ended = time.monotonic()

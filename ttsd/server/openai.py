@@ -252,6 +252,17 @@ class OpenAISpeech:
             if request.transport is not None:
                 request.transport.abort()
             return response
+        except Exception as exc:
+            if response is None:
+                raise  # nothing written yet: the caller answers 500
+            # Headers and audio are out: a second response cannot follow; cut this one.
+            if isinstance(exc, ConnectionError):
+                log.info("job %d: the HTTP client went away: %s", job.id, exc)
+            else:
+                log.exception("job %d: cutting its HTTP response mid-stream", job.id)
+            if request.transport is not None:
+                request.transport.abort()
+            return response
         finally:
             if not finished:
                 # The client went away (the request was cancelled) or the write failed:

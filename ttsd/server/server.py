@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -66,6 +67,8 @@ class Peer:
     defaults: dict[str, Any] = field(default_factory=dict)
     #: Consecutive requests refused for the rate limit (logged once per burst).
     limited: int = 0
+    #: Authenticated and among the clients (until it leaves, or is dropped as too slow).
+    joined: bool = False
 
     @property
     def client(self) -> str:
@@ -304,13 +307,15 @@ class Server:
             if needs_token and not await self.authenticate(connection, peer):
                 return
             self.clients[connection] = peer
+            peer.joined = True
             async for frame in connection:
                 self.handle_frame(connection, peer, frame)
         except ConnectionClosed:
             pass
         finally:
             self.peers.pop(connection, None)
-            if self.clients.pop(connection, None) is not None:
+            self.clients.pop(connection, None)
+            if peer.joined:  # also when drop() took it out of the clients before
                 self.last_disconnect = time.monotonic()
                 self.scheduler.client_gone(peer.client)
             log.debug("%s disconnected", label, extra={"CLIENT": label, "EVENT": "disconnect"})
@@ -534,16 +539,17 @@ class Server:
         samples = 0
         header_sent = False
         try:
-            async for pcm in self.scheduler.audio(job):
-                data = pcm.astype("<i2", copy=False).tobytes()
-                samples += len(pcm)
-                if request.stream:
-                    if not header_sent:
-                        self.reply(connection, self._audio_start(job, rid))
-                        header_sent = True
-                    self.send([connection], struct.pack("<I", job.id) + data)
-                else:
-                    parts.append(data)
+            async with contextlib.aclosing(self.scheduler.audio(job)) as audio:
+                async for pcm in audio:
+                    data = pcm.astype("<i2", copy=False).tobytes()
+                    samples += len(pcm)
+                    if request.stream:
+                        if not header_sent:
+                            self.reply(connection, self._audio_start(job, rid))
+                            header_sent = True
+                        self.send([connection], struct.pack("<I", job.id) + data)
+                    else:
+                        parts.append(data)
         except Rejection as exc:
             self._end_synthesis(
                 connection, request, job, samples, header_sent, exc.code, exc.message
@@ -553,6 +559,13 @@ class Server:
             code = Code(exc.code)
             log.warning("%s: synthesize failed: %s", peer.label, exc, extra={"CLIENT": peer.label})
             self._end_synthesis(connection, request, job, samples, header_sent, code, str(exc))
+            return
+        except Exception as exc:  # a bug: still one reply, and the job ends
+            log.exception("%s: synthesize failed unexpectedly", peer.label)
+            self.scheduler.abort_job(job.id, reason="internal_error")
+            self._end_synthesis(
+                connection, request, job, samples, header_sent, Code.INTERNAL_ERROR, repr(exc)
+            )
             return
         if request.stream:
             if not header_sent:
