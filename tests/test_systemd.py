@@ -31,7 +31,7 @@ from ttsd import protocol
 from ttsd.audio import PacatOutput
 from ttsd.client import Client, ClientError
 from ttsd.config import Config
-from ttsd.daemon import IdleExit, engine_factory, settings_of
+from ttsd.daemon import IdleExit, connection_handlers, engine_factory, settings_of
 from ttsd.engines.tone import ToneEngine
 from ttsd.scheduler import EngineHost, Scheduler
 from ttsd.scheduler.events import Event
@@ -356,7 +356,7 @@ async def test_idle_exit_is_called_off_when_a_client_slips_in(
             lambda: (
                 not server.clients
                 and not server.arriving
-                and all(t.done() for t in listener.handler_tasks)
+                and all(t.done() for t in connection_handlers(listener))
             ),
             what="both connections closed on the daemon's side",
         )

@@ -277,7 +277,7 @@ class IdleExit:
     def _nobody(self, listener: WebSocketServer) -> bool:
         # The handlers include connections still in their opening handshake;
         # ``arriving``, those whose first request is still being read, and HTTP requests.
-        handling = any(not task.done() for task in _handler_tasks(listener))
+        handling = any(not task.done() for task in connection_handlers(listener))
         return (
             not handling
             and not self.server.arriving
@@ -320,7 +320,7 @@ class IdleExit:
         await new.start_serving()
 
 
-def _handler_tasks(listener: WebSocketServer) -> Iterable[asyncio.Task[None]]:
+def connection_handlers(listener: WebSocketServer) -> Iterable[asyncio.Task[None]]:
     """The tasks of the server's connection handlers, handshakes under way included."""
     tasks = getattr(listener, "handler_tasks", None)  # websockets 17 and later
     if tasks is None:  # websockets 14-16 (the newest on Python 3.10): connection -> task
