@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from ttsd.audio.output import AudioUnavailable, PlaybackError, ServerInfo, StreamInfo
-from ttsd.engines import CancelToken, Engine, EngineError
+from ttsd.engines import CancelToken, EngineError
+from ttsd.engines.base import StreamingEngine
 
 RATE = 1000  # samples per second: small numbers, easy arithmetic
 
@@ -28,7 +29,7 @@ def pcm_of(text: str, piece: int = 0) -> np.ndarray:
     return (np.arange(len(text) * 10, dtype=np.int64) % 97 + base).astype(np.int16)
 
 
-class FakeEngine(Engine):
+class FakeEngine(StreamingEngine):
     """Makes each chunk in ``pieces`` pieces; counts calls; can be held at a gate.
 
     ``gate``: when set (a :class:`threading.Event`), every piece waits until it is set,
@@ -70,9 +71,6 @@ class FakeEngine(Engine):
 
     def validate_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
         return dict(options)
-
-    def synthesize(self, text: str, voice: str | None, options: Mapping[str, Any]) -> np.ndarray:
-        return np.concatenate(list(self.stream(text, voice, options, CancelToken())))
 
     def stream(
         self, text: str, voice: str | None, options: Mapping[str, Any], cancel: CancelToken

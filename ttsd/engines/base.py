@@ -189,6 +189,24 @@ class Engine(ABC):
             listener()
 
 
+class StreamingEngine(Engine):
+    """An engine that makes its audio piece by piece: it defines :meth:`Engine.stream`,
+    and its one-shot :meth:`synthesize` is the pieces joined."""
+
+    @abstractmethod
+    def stream(
+        self,
+        text: str,
+        voice: str | None,
+        options: Mapping[str, Any],
+        cancel: CancelToken,
+    ) -> Iterator[np.ndarray]: ...
+
+    def synthesize(self, text: str, voice: str | None, options: Mapping[str, Any]) -> np.ndarray:
+        pieces = list(self.stream(text, voice, options, CancelToken()))
+        return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int16)
+
+
 def check_number(
     options: Mapping[str, Any], key: str, low: float, high: float, *, integer: bool = False
 ) -> float | int | None:

@@ -23,9 +23,9 @@ import numpy as np
 
 from ttsd.engines.base import (
     CancelToken,
-    Engine,
     EngineError,
     OptionError,
+    StreamingEngine,
     check_number,
     reject_unknown,
 )
@@ -61,7 +61,7 @@ def split_phonemes(phonemes: list[str], limit: int) -> list[list[str]]:
     return parts
 
 
-class PiperEngine(Engine):
+class PiperEngine(StreamingEngine):
     name = "piper"
 
     def __init__(self, *, voice: str | None = None, voices_dir: Path | None = None) -> None:
@@ -197,12 +197,6 @@ class PiperEngine(Engine):
                 if pcm is None:
                     return  # cancelled inside onnxruntime
                 yield pcm
-
-    def synthesize(self, text: str, voice: str | None, options: Mapping[str, Any]) -> np.ndarray:
-        parts = list(self.stream(text, voice, options, CancelToken()))
-        if not parts:
-            return np.zeros(0, dtype=np.int16)
-        return np.concatenate(parts)
 
     def describe(self) -> dict[str, Any]:
         return {"voice": self.default_voice}

@@ -65,7 +65,14 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from ttsd import __version__
-from ttsd.engines.base import CancelToken, Engine, EngineError, OptionError, check_number
+from ttsd.engines.base import (
+    CancelToken,
+    Engine,
+    EngineError,
+    OptionError,
+    StreamingEngine,
+    check_number,
+)
 from ttsd.errors import Code
 
 log = logging.getLogger("ttsd.engine.remote")
@@ -165,7 +172,7 @@ def normalize_url(url: Any) -> str:
     return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
 
-class RemoteEngine(Engine):
+class RemoteEngine(StreamingEngine):
     """Speech from OpenAI-compatible endpoints, with an optional local fallback engine."""
 
     name = "remote"
@@ -683,10 +690,6 @@ class RemoteEngine(Engine):
         return {} if speed == 1.0 else {"speed": float(speed)}
 
     # --- Speaking --------------------------------------------------------------------
-
-    def synthesize(self, text: str, voice: str | None, options: Mapping[str, Any]) -> np.ndarray:
-        parts = list(self.stream(text, voice, options, CancelToken()))
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)
 
     def stream(
         self,

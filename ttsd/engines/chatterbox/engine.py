@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ttsd.engines.base import CancelToken, Engine, EngineError, OptionError
+from ttsd.engines.base import CancelToken, EngineError, OptionError, StreamingEngine
 from ttsd.engines.chatterbox import chunk, loading
 from ttsd.engines.chatterbox.settings import (
     DEFAULT_VOICE,
@@ -46,7 +46,7 @@ STATIC_PROMPT_POSITIONS = 1024
 LIBRARY_VOCODER_STEPS = {"standard": 10, "multilingual": 10, "turbo": 2}
 
 
-class ChatterboxEngine(Engine):
+class ChatterboxEngine(StreamingEngine):
     """The Chatterbox engine (see the package docstring and docs/chatterbox.md).
 
     Settings (the ``[chatterbox]`` config table plus what the daemon adds):
@@ -308,11 +308,6 @@ class ChatterboxEngine(Engine):
             return None
 
     # -- synthesis -------------------------------------------------------------------
-
-    def synthesize(self, text: str, voice: str | None, options: Mapping[str, Any]) -> np.ndarray:
-        """The chunk's audio in one piece: the concatenation of :meth:`stream`'s pieces."""
-        pieces = list(self.stream(text, voice, options, CancelToken()))
-        return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int16)
 
     def stream(
         self,
