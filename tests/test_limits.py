@@ -11,6 +11,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from tests.conftest import TONE
+from tests.support.daemon import Daemon
 from tests.support.events import poll
 from tests.wsraw import RawSocket
 from ttsd import protocol
@@ -200,6 +201,16 @@ async def test_a_client_that_does_not_read_is_dropped_without_delaying_others(
     assert max(with_sleeper) < 0.5
 
 
+async def flood_until_dropped(client: Client, daemon: Daemon) -> None:
+    """Queue and abort jobs until the daemon drops its non-reading client (see above)."""
+    for _ in range(1000):
+        extra = (await client.speak("filler")).job
+        await client.abort(extra)
+        if "not reading" in daemon.log:
+            break
+    assert "not reading" in daemon.log
+
+
 async def test_a_slow_client_dropped_mid_job_does_not_stop_the_job(start_daemon) -> None:
     daemon = start_daemon({**TONE, "send_buffer_limit": 8192, "max_requests_per_second": 1e5})
     sleeper = RawSocket(daemon.port, rcvbuf=4096)
@@ -207,12 +218,7 @@ async def test_a_slow_client_dropped_mid_job_does_not_stop_the_job(start_daemon)
     async with await Client.connect("127.0.0.1", daemon.port) as client:
         text = "Keep talking please."
         job = (await client.speak(text)).job
-        for _ in range(1000):  # enough events to drop the sleeper (see above)
-            extra = (await client.speak("filler")).job
-            await client.abort(extra)
-            if "not reading" in daemon.log:
-                break
-        assert "not reading" in daemon.log
+        await flood_until_dropped(client, daemon)
         end = await client.wait_for_job(job, timeout=10)
         assert isinstance(end, protocol.Finished) and end.spoken_chars == len(text)
     sleeper.close()
@@ -235,12 +241,7 @@ async def test_a_slow_client_dropped_has_gone_so_its_opted_in_job_ends(start_dae
         current = (await client.status()).current
         assert current is not None
         job = current["job"]
-        for _ in range(1000):  # enough events to drop the sleeper (see above)
-            extra = (await client.speak("filler")).job
-            await client.abort(extra)
-            if "not reading" in daemon.log:
-                break
-        assert "not reading" in daemon.log
+        await flood_until_dropped(client, daemon)
         end = await client.wait_for_job(job, timeout=10)
         assert isinstance(end, protocol.Aborted) and end.reason == "client_disconnected"
     sleeper.close()
